@@ -1,0 +1,19 @@
+"""Shared test helpers: where the upstream parity fixtures live."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+# `../shared/parity` beside the repository (CI lays a copy of shared/ there); LZN_PARITY_DIR overrides.
+PARITY_DIR = Path(os.environ.get("LZN_PARITY_DIR", Path(__file__).resolve().parents[2] / "shared" / "parity"))
+
+
+def parity_folder(name: str) -> Path:
+    """The fixture folder `name`; skipped outside CI when absent, a failure in CI (which has them)."""
+    folder = PARITY_DIR / name
+    if not folder.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"parity fixtures missing in CI: {folder}")
+        pytest.skip(f"parity fixtures not found at {folder}")
+    return folder
