@@ -317,7 +317,8 @@ def _convert(
     local_extra = sorted(set(converted) - set(target_shapes))
     if local_missing or local_extra:
         raise ValueError(
-            f"internal {what} mapping error: module keys not produced {local_missing}, produced but unknown {local_extra}"
+            f"internal {what} mapping error: module keys not produced {local_missing}, "
+            f"produced but unknown {local_extra}"
         )
     return OrderedDict((k, converted[k]) for k in target_shapes)
 

@@ -410,7 +410,8 @@ class NCSNppDownLevel(nn.Module):
         # channels of each feature map returned by forward, in order
         self.feature_channels: List[int] = [out_channels] * num_res_blocks
         if add_downsample:
-            self.feature_channels.append(out_channels * (2 if self.input_skip is not None and combine_method == "cat" else 1))
+            concatenated = self.input_skip is not None and combine_method == "cat"
+            self.feature_channels.append(2 * out_channels if concatenated else out_channels)
 
     def forward(
         self,
@@ -589,10 +590,13 @@ class ConditionEmbedding(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_common(image_size: int, ch_mult: Sequence[int], resblock_type: str, progressive_input: str,
-                  progressive_combine: str) -> None:
+def _check_common(
+    image_size: int, ch_mult: Sequence[int], resblock_type: str, progressive_input: str, progressive_combine: str
+) -> None:
     if resblock_type.lower() != "biggan":
-        raise ValueError(f"only resblock_type='biggan' is implemented (all LZN models use it), got {resblock_type!r}")
+        raise ValueError(
+            f"only resblock_type='biggan' is implemented (every LZN model uses it), got {resblock_type!r}"
+        )
     if progressive_input.lower() not in ("none", "input_skip"):
         raise ValueError(f"progressive_input must be 'none' or 'input_skip', got {progressive_input!r}")
     if progressive_combine.lower() not in ("sum", "cat"):
@@ -600,7 +604,9 @@ def _check_common(image_size: int, ch_mult: Sequence[int], resblock_type: str, p
     if len(ch_mult) < 1:
         raise ValueError("ch_mult must not be empty")
     if image_size % (2 ** (len(ch_mult) - 1)) != 0:
-        raise ValueError(f"image_size={image_size} is not divisible by 2**(len(ch_mult)-1)={2 ** (len(ch_mult) - 1)}")
+        raise ValueError(
+            f"image_size={image_size} is not divisible by 2**(len(ch_mult)-1)={2 ** (len(ch_mult) - 1)}"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -919,7 +925,9 @@ class NCSNppDecoder(nn.Module):
             time_emb = timestep_embedding(sigmas, self.nf)  # [B, nf]
         if self.num_classes > 0:
             if class_labels is None:
-                raise ValueError(f"this decoder is label-conditional (num_classes={self.num_classes}); pass class_labels")
+                raise ValueError(
+                    f"this decoder is label-conditional (num_classes={self.num_classes}); pass class_labels"
+                )
             if class_labels.dim() == 1 and not class_labels.is_floating_point():
                 class_labels = F.one_hot(class_labels, self.num_classes)
             condition = torch.cat([latents, class_labels.to(latents.dtype), time_emb], dim=1)
