@@ -119,9 +119,9 @@ def main():
             estimate = baseline_memory_gb(batch, num_anchors, dim, task)
             if estimate <= BASELINE_MEMORY_LIMIT_GB:
                 base_time, base_mem = run_case("baseline", task, batch, num_anchors, dim, 1)
-                base_cells = f"{base_time * 1e3:8.0f}ms | {base_time / fast_time:7.0f}x | {fast_mem:9.2f}G | {base_mem:11.2f}G"
+                base_cells = f"{base_time * 1e3:8.0f}ms | {base_time / fast_time:7.0f}x | {fast_mem * 1e3:8.0f}MB | {base_mem * 1e3:10.0f}MB"
             else:
-                base_cells = f"{'skipped':>10} | {'-':>8} | {fast_mem:9.2f}G | {'~' + format(estimate, '.0f') + 'G est.':>12}"
+                base_cells = f"{'skipped':>10} | {'-':>8} | {fast_mem * 1e3:8.0f}MB | {'~' + format(estimate, '.0f') + 'GB est.':>12}"
             evaluations = 1 if task == "velocity" else 20
             flops = 4 * batch * num_anchors * dim * evaluations * (3 if task == "flow+grad" else 1)
             fraction = flops / fast_time / rate * 100

@@ -45,7 +45,7 @@ def reference_velocity(latents, t, anchors, weights=None):
 def materialised_velocity():
     """Run the flows with the materialised velocity in place of the fast path (same solver code, uniform weights)."""
 
-    def posterior_mean(latents, t, anchors, keys, chunk_size):
+    def posterior_mean(latents, t, anchors, log_weights, chunk_size):
         return materialised_posterior_mean(latents, t, anchors)[1]
 
     fast = latent_flow._posterior_mean
@@ -188,6 +188,25 @@ def test_gradcheck_reverse_flow():
         return points, posteriors
 
     assert torch.autograd.gradcheck(flow, (latents, anchors))
+
+
+@pytest.mark.parametrize("t", [1e-4, 1e-3, 0.3])
+def test_float32_gradients_match_float64_at_small_t(t):
+    """Saturated posteriors at small t: float32 gradients must stay exact (dv/dz = I / t on the own zone)."""
+    generator = torch.Generator().manual_seed(5)
+    anchors = separated_anchors(64, 16)
+    latents = (1 - t) * anchors + t * torch.randn(64, 16, generator=generator)
+    weights = torch.randn(64, 16, generator=generator)
+    grads = []
+    for dtype in (torch.float32, torch.float64):
+        z, a = latents.to(dtype).requires_grad_(), anchors.to(dtype).requires_grad_()
+        if dtype == torch.float64:
+            velocity = (z - materialised_posterior_mean(z, t, a)[1]) / t
+        else:
+            velocity = anchor_velocity(z, t, a)
+        grads.append(torch.autograd.grad((velocity * weights.to(dtype)).sum(), (z, a)))
+    for grad32, grad64 in zip(*grads):
+        assert rel_err(grad32, grad64) < 1e-4
 
 
 @pytest.mark.parametrize("solver", ["euler", "dpm_solver++"])

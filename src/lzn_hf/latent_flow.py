@@ -10,8 +10,9 @@ The marginal velocity of that path has a closed form. For a query ``z`` at time 
 
 Since ``||z||^2`` is the same for every anchor, the logits are ``(1 - t)/t^2 * z . a_j`` plus a per-anchor
 bias: this is attention with the query ``z`` and the anchors as keys and values. The functions here evaluate
-it with matrix products (``scaled_dot_product_attention``), never materialising upstream's ``[B, N, d]``
-tensor: O(B N) work in matmuls and O(B d) memory per step.
+it with matrix products and a softmax (a fused ``scaled_dot_product_attention`` kernel when no gradient is
+needed), never materialising upstream's ``[B, N, d]`` tensor: O(B N d) work in matmuls and O(B N) memory
+per step at most.
 
 Shapes: ``B`` queries, ``N`` anchors, ``d`` latent dimensions, ``S`` solver steps.
 
@@ -24,7 +25,7 @@ Pure functions, no module state; everything is differentiable with respect to la
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -101,26 +102,39 @@ def _log_weights(weights: Optional[torch.Tensor], like: torch.Tensor) -> Optiona
     return weights.to(like.dtype).log()
 
 
-def _attention_keys(anchors: torch.Tensor, t: float, log_weights: Optional[torch.Tensor]) -> torch.Tensor:
-    """Keys [N, d + 1] such that ``[z * (1-t)/t^2, 1] . key_j`` is the logit of anchor j (up to a per-query constant)."""
-    bias = -0.5 * ((1.0 - t) / t) ** 2 * anchors.pow(2).sum(-1, keepdim=True)  # [N, 1]
-    if log_weights is not None:
-        bias = bias + log_weights[:, None]
-    return torch.cat([anchors, bias], dim=-1)  # [N, d + 1]
+def _logit_bias(anchors: torch.Tensor, t: float, log_weights: Optional[torch.Tensor]) -> torch.Tensor:
+    """Per-anchor part of the logits: ``log pi_j - (1-t)^2 ||a_j||^2 / (2 t^2)``, ``[N]``."""
+    bias = -0.5 * ((1.0 - t) / t) ** 2 * anchors.pow(2).sum(-1)  # [N]
+    return bias if log_weights is None else bias + log_weights
 
 
-def _attention_queries(latents: torch.Tensor, t: float) -> torch.Tensor:
-    scale = (1.0 - t) / t**2
-    return torch.cat([latents * scale, torch.ones_like(latents[:, :1])], dim=-1)  # [B, d + 1]
+def _anchor_logits(latents: torch.Tensor, t: float, anchors: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Logits of the posterior over anchors, up to a per-query constant: ``[B, N]`` (one matmul)."""
+    return torch.addmm(bias, latents, anchors.T, alpha=(1.0 - t) / t**2)
 
 
-def _posterior_mean(latents: torch.Tensor, t: float, anchors: torch.Tensor, keys: torch.Tensor, chunk_size: int):
-    """sum_j w_j(z, t) a_j for every query: [B, d]. Fused attention over query chunks."""
+def _posterior_mean(latents, t: float, anchors, log_weights: Optional[torch.Tensor], chunk_size: int):
+    """sum_j w_j(z, t) a_j for every query: ``[B, d]``, over query chunks.
+
+    With autograd: matmul -> softmax -> matmul, which keeps the ``[b, N]`` posterior for backward (exact
+    gradients even where the posterior saturates at small t). Without: a fused attention kernel with O(b)
+    memory, the logit bias folded in as an extra key column (``[z (1-t)/t^2, 1] . [a_j, bias_j]``) and the
+    values zero-padded to the same width, as fused kernels require.
+    """
+    bias = _logit_bias(anchors, t, log_weights)  # [N]
+    differentiable = torch.is_grad_enabled() and (latents.requires_grad or anchors.requires_grad)
+    if not differentiable:
+        keys = torch.cat([anchors, bias[:, None]], dim=-1)[None, None]  # [1, 1, N, d + 1]
+        values = F.pad(anchors, (0, 1))[None, None]  # [1, 1, N, d + 1]
     outputs = []
     for start in range(0, latents.shape[0], chunk_size):
-        queries = _attention_queries(latents[start : start + chunk_size], t)  # [b, d + 1]
-        mean = F.scaled_dot_product_attention(queries[None, None], keys[None, None], anchors[None, None], scale=1.0)
-        outputs.append(mean[0, 0])  # [b, d]
+        chunk = latents[start : start + chunk_size]  # [b, d]
+        if differentiable:
+            outputs.append(_anchor_logits(chunk, t, anchors, bias).softmax(-1) @ anchors)  # [b, d]
+        else:
+            queries = torch.cat([chunk * ((1.0 - t) / t**2), torch.ones_like(chunk[:, :1])], dim=-1)  # [b, d + 1]
+            mean = F.scaled_dot_product_attention(queries[None, None], keys, values, scale=1.0)
+            outputs.append(mean[0, 0, :, :-1])  # [b, d]
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
@@ -148,8 +162,7 @@ def anchor_velocity(
     _check_matrix("latents", latents, anchors.shape[1])
     _check_weights(weights, anchors.shape[0])
     t = _check_time(t)
-    keys = _attention_keys(anchors, t, _log_weights(weights, anchors))
-    return (latents - _posterior_mean(latents, t, anchors, keys, chunk_size)) / t
+    return (latents - _posterior_mean(latents, t, anchors, _log_weights(weights, anchors), chunk_size)) / t
 
 
 def anchor_posteriors(
@@ -163,8 +176,8 @@ def anchor_posteriors(
     _check_matrix("latents", latents, anchors.shape[1])
     _check_weights(weights, anchors.shape[0])
     t = _check_time(t)
-    keys = _attention_keys(anchors, t, _log_weights(weights, anchors))
-    return (_attention_queries(latents, t) @ keys.T).softmax(-1)  # [B, N]
+    bias = _logit_bias(anchors, t, _log_weights(weights, anchors))
+    return _anchor_logits(latents, t, anchors, bias).softmax(-1)  # [B, N]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -271,8 +284,7 @@ def anchors_to_latents(
     log_weights = _log_weights(weights, reference_anchors)
 
     def posterior_mean(z, t):  # [B, d]
-        keys = _attention_keys(reference_anchors, t, log_weights)
-        return _posterior_mean(z, t, reference_anchors, keys, chunk_size)
+        return _posterior_mean(z, t, reference_anchors, log_weights, chunk_size)
 
     z = eps * noise + (1.0 - eps) * anchors  # [B, d]
     if solver == "euler":
@@ -297,10 +309,13 @@ def anchors_to_latents(
 # ----------------------------------------------------------------------------------------------------------
 # reverse flow: latents -> anchors
 # ----------------------------------------------------------------------------------------------------------
-def _posterior_step(z, t, anchors, log_weights):
-    """Posterior [B, N] and posterior-mean anchor [B, d] at time t (explicit softmax: the posterior is kept)."""
-    keys = _attention_keys(anchors, t, log_weights)
-    posteriors = (_attention_queries(z, t) @ keys.T).softmax(-1)  # [B, N]
+def _posterior_step(z, t, anchors, log_weights, log_posteriors):
+    """Posterior [B, N] (or its log) and posterior-mean anchor [B, d] at time t (the posterior is kept)."""
+    logits = _anchor_logits(z, t, anchors, _logit_bias(anchors, t, log_weights))  # [B, N]
+    if log_posteriors:
+        record = logits.log_softmax(-1)
+        return record, record.exp() @ anchors
+    posteriors = logits.softmax(-1)
     return posteriors, posteriors @ anchors
 
 
@@ -310,6 +325,7 @@ def latents_to_anchors(
     num_steps: int = 100,
     weights: Optional[torch.Tensor] = None,
     gradient_checkpointing: bool = False,
+    log_posteriors: bool = False,
 ):
     """Reverse flow (lzn-method.md §1.5): integrate from t = 1 down to t = 1/S with Euler steps.
 
@@ -318,6 +334,7 @@ def latents_to_anchors(
         anchors: ``[N, d]`` the anchor set (e.g. label anchors, or the other view's anchors).
         num_steps: Euler steps S.
         weights: optional ``[N]`` anchor weights pi (class weights).
+        log_posteriors: record log posteriors (log-softmax: finite where the posterior underflows to 0).
 
     Returns:
         ``(points [B, d], posteriors [S, B, N])`` where ``points`` is the end point (close to one anchor)
@@ -333,7 +350,9 @@ def latents_to_anchors(
     z, records = latents, []
     for k in range(num_steps):
         t = 1.0 - k * h
-        posteriors, mean = _maybe_checkpoint(_posterior_step, gradient_checkpointing, z, t, anchors, log_weights)
+        posteriors, mean = _maybe_checkpoint(
+            _posterior_step, gradient_checkpointing, z, t, anchors, log_weights, log_posteriors
+        )
         records.append(posteriors)
         z = z - (h / t) * (z - mean)
     return z, torch.stack(records)

@@ -68,9 +68,8 @@ _TIME_SCALE = 999.0  # upstream feeds the network t * 999 (t in [0, 1])
 # --------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def _variance_scaling_(weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """Fill ``weight`` ([out, in, *kernel]) with U(-a, a), a = sqrt(3 * scale / fan_avg).
+def variance_scaling_bound(weight: torch.Tensor, scale: float = 1.0) -> float:
+    """Bound ``a`` of the U(-a, a) init of ``weight`` ([out, in, *kernel]): ``a = sqrt(3 * scale / fan_avg)``.
 
     ``scale == 0`` means 1e-10 (a numerically zero but non-degenerate init), as upstream.
     """
@@ -78,14 +77,16 @@ def _variance_scaling_(weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor
     receptive = math.prod(weight.shape[2:]) if weight.dim() > 2 else 1
     fan_in = weight.shape[1] * receptive
     fan_out = weight.shape[0] * receptive
-    variance = scale / ((fan_in + fan_out) / 2.0)
-    bound = math.sqrt(3.0 * variance)
-    return weight.uniform_(-bound, bound)
+    return math.sqrt(3.0 * scale / ((fan_in + fan_out) / 2.0))
 
 
+@torch.no_grad()
 def _init_layer_(layer: Union[nn.Conv2d, nn.Linear], scale: float = 1.0) -> None:
-    """Variance-scaling weight, zero bias."""
-    _variance_scaling_(layer.weight, scale)
+    """Variance-scaling weight, zero bias. The scale is recorded on the layer (``init_scale``) so that a
+    ``transformers`` ``_init_weights`` can redo exactly this initialisation."""
+    layer.init_scale = scale
+    bound = variance_scaling_bound(layer.weight, scale)
+    layer.weight.uniform_(-bound, bound)
     if layer.bias is not None:
         nn.init.zeros_(layer.bias)
 
@@ -221,6 +222,7 @@ class GaussianFourierProjection(nn.Module):
 
     def __init__(self, embedding_size: int, scale: float = 1.0):
         super().__init__()
+        self.scale = scale
         self.W = nn.Parameter(torch.randn(embedding_size) * scale, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,37 @@
+"""Convert a checkpoint released by the LZN authors into an `LZNModel` folder (safetensors).
+
+    python scripts/convert_original_checkpoint.py \
+        --checkpoint_path 000008000-000200000.pt --config cifar10-joint --output_dir lzn-cifar10-joint
+
+`--config` is a preset (`cifar10-generation`, `afhq-cat-generation`, `celebahq-generation`,
+`lsun-bedroom-generation`, `imagenet-representation`, `cifar10-joint`) or a parity fixture's
+`reference_config.json`. EMA weights by default (what the authors evaluate); `--no_ema` takes the raw ones.
+The file is read with `torch.load(weights_only=True)`.
+"""
+
+import argparse
+
+from lzn_hf.conversion import convert_original_checkpoint
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint_path", required=True, help="upstream .pt file")
+    parser.add_argument("--config", required=True, help="preset name or reference_config.json")
+    parser.add_argument("--output_dir", required=True, help="where to write the LZNModel folder")
+    parser.add_argument("--no_ema", action="store_true", help="convert the raw weights instead of the EMA ones")
+    parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="also upload the folder to this Hub repo")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    model = convert_original_checkpoint(args.checkpoint_path, args.config, use_ema=not args.no_ema)
+    model.save_pretrained(args.output_dir)
+    print(f"wrote {args.output_dir} ({model.num_parameters():,} parameters, {'raw' if args.no_ema else 'EMA'} weights)")
+    if args.push_to_hub:
+        model.push_to_hub(args.push_to_hub)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,485 @@
+"""Latent Zoning Network models as `transformers` PreTrainedModels.
+
+Parts (each loadable on its own, so that pipelines can hold them as components):
+
+* :class:`LZNImageEncoder`   pixel_values [B, C, H, W] in [-1, 1] -> anchors [B, d] (+ backbone features)
+* :class:`LZNImageDecoder`   rectified-flow velocity network, in diffusers' flow-matching orientation
+* :class:`LZNLabelAnchors`   the [C, d] table of label anchors
+
+Composites:
+
+* :class:`LZNModel`                    image encoder + optional decoder + optional label anchors, with the
+                                       latent-space operations (image/label latents, classification of latents)
+* :class:`LZNForImageClassification`   image -> image latent -> reverse label flow -> class
+
+Imports only torch, transformers and sibling modules (Hub remote code copies exactly those).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.utils import ModelOutput
+
+from .configuration_lzn import LZNConfig, LZNImageDecoderConfig, LZNImageEncoderConfig, LZNLabelAnchorsConfig
+from .latent_flow import anchors_to_latents, latents_to_anchors, nearest_anchor
+from .ncsnpp import GaussianFourierProjection, NCSNppDecoder, NCSNppEncoder, variance_scaling_bound
+from .resnet_gn import ResNetGNEncoder
+
+__all__ = [
+    "LZNPreTrainedModel",
+    "LZNImageEncoder",
+    "LZNImageDecoder",
+    "LZNLabelAnchors",
+    "LZNModel",
+    "LZNForImageClassification",
+    "LZNImageEncoderOutput",
+    "LZNImageDecoderOutput",
+    "LZNLatentClassificationOutput",
+    "LZNModelOutput",
+]
+
+# Upstream's decoders take t in [0, 1] (0 = noise) and scale it by 999; diffusers passes sigma * 1000.
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+# ----------------------------------------------------------------------------------------------------------
+# outputs
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class LZNImageEncoderOutput(ModelOutput):
+    """anchors `[B, d]`; features `[B, F]` (ResNet: the pooled backbone feature; NCSN++: the anchors)."""
+
+    anchors: Optional[torch.Tensor] = None
+    features: Optional[torch.Tensor] = None
+
+
+@dataclass
+class LZNImageDecoderOutput(ModelOutput):
+    """sample `[B, C, H, W]`: the velocity `noise - data` (diffusers' flow-matching prediction)."""
+
+    sample: Optional[torch.Tensor] = None
+
+
+@dataclass
+class LZNLatentClassificationOutput(ModelOutput):
+    """Result of the label decoder (reverse flow over the label anchors).
+
+    logits `[B, C]`: log posteriors over classes at the last reverse step (t = 1/S), floored at the
+        smallest positive float; posteriors `[S, B, C]`: normalised posteriors at every pre-step time
+        `t_k = 1 - k/S`; predictions `[B]`: the label anchor nearest to the flow's end point;
+        points `[B, d]`: that end point.
+    """
+
+    logits: Optional[torch.Tensor] = None
+    posteriors: Optional[torch.Tensor] = None
+    predictions: Optional[torch.Tensor] = None
+    points: Optional[torch.Tensor] = None
+
+
+@dataclass
+class LZNModelOutput(ModelOutput):
+    """anchors `[B, d]` and latents `[B, d]` of a batch of images (latents against the batch's anchors)."""
+
+    latents: Optional[torch.Tensor] = None
+    anchors: Optional[torch.Tensor] = None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# input checks
+# ----------------------------------------------------------------------------------------------------------
+def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size: Optional[int]) -> None:
+    """Raise a clear error unless `pixel_values` is a finite float `[B, num_channels, S, S]` batch in [-1, 1]."""
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}")
+    if pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels or pixel_values.shape[0] == 0:
+        expected = f"[B, {num_channels}, {image_size or 'H'}, {image_size or 'W'}]"
+        raise ValueError(f"`pixel_values` must have shape {expected} with B >= 1, got {tuple(pixel_values.shape)}")
+    if image_size is not None and tuple(pixel_values.shape[2:]) != (image_size, image_size):
+        raise ValueError(f"`pixel_values` must be {image_size}x{image_size} images, got {tuple(pixel_values.shape[2:])}")
+    if not pixel_values.is_floating_point():
+        raise TypeError(
+            f"`pixel_values` must be floats in [-1, 1], got dtype {pixel_values.dtype}; convert uint8 images with x / 127.5 - 1"
+        )
+    if not torch.isfinite(pixel_values).all():
+        raise ValueError("`pixel_values` contains NaN or Inf")
+    low, high = pixel_values.min().item(), pixel_values.max().item()
+    if low < -1.001 or high > 1.001:
+        raise ValueError(f"`pixel_values` must be in [-1, 1], got values in [{low:.3g}, {high:.3g}]")
+
+
+def check_labels(labels, num_classes: int) -> torch.Tensor:
+    """Integer class labels `[B]` in [0, num_classes)."""
+    labels = torch.as_tensor(labels)
+    if labels.ndim != 1 or labels.numel() == 0:
+        raise ValueError(f"`labels` must be a non-empty 1-D sequence of class indices, got shape {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"`labels` must be integers, got dtype {labels.dtype}")
+    if (labels < 0).any() or (labels >= num_classes).any():
+        raise ValueError(f"`labels` must be in [0, {num_classes}), got {labels.tolist()}")
+    return labels.long()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# base class
+# ----------------------------------------------------------------------------------------------------------
+class LZNPreTrainedModel(PreTrainedModel):
+    """Weight initialisation shared by all LZN models (upstream's schemes, through `transformers.initialization`)."""
+
+    config_class = LZNConfig
+    base_model_prefix = "lzn"
+    main_input_name = "pixel_values"
+    _no_split_modules = []
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if hasattr(module, "init_scale"):  # NCSN++ layers: variance scaling (fan_avg, uniform), zero bias
+                bound = variance_scaling_bound(module.weight, module.init_scale)
+                init.uniform_(module.weight, -bound, bound)
+                if module.bias is not None:
+                    init.zeros_(module.bias)
+            else:  # ResNet-GN: PyTorch's default initialisation
+                init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+                if module.bias is not None:
+                    bound = 1 / math.sqrt(module.weight[0].numel())
+                    init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.GroupNorm) and module.affine:
+            (init.zeros_ if getattr(module, "zero_init_weight", False) else init.ones_)(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, GaussianFourierProjection):
+            init.normal_(module.W, std=module.scale)
+        elif isinstance(module, LZNLabelAnchors):
+            init.normal_(module.anchors)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# parts
+# ----------------------------------------------------------------------------------------------------------
+class LZNImageEncoder(LZNPreTrainedModel):
+    """Image -> anchor: NCSN++ down path with multi-scale latent heads, or ResNet-GN with a projection head."""
+
+    config_class = LZNImageEncoderConfig
+
+    def __init__(self, config: LZNImageEncoderConfig):
+        super().__init__(config)
+        if config.encoder_type == "ncsnpp":
+            self.network = NCSNppEncoder(
+                image_size=config.image_size,
+                in_channels=config.num_channels,
+                nf=config.nf,
+                ch_mult=tuple(config.ch_mult),
+                num_res_blocks=config.num_res_blocks,
+                attn_resolutions=tuple(config.attn_resolutions),
+                dropout=config.dropout,
+                resamp_with_conv=config.resamp_with_conv,
+                fir=config.fir,
+                fir_kernel=tuple(config.fir_kernel),
+                skip_rescale=config.skip_rescale,
+                resblock_type=config.resblock_type,
+                progressive_input=config.progressive_input,
+                progressive_combine=config.progressive_combine,
+                init_scale=config.init_scale,
+                head_channels=config.head_channels,
+                head_hidden_dim=config.head_hidden_dim,
+                head_num_layers=config.head_num_layers,
+                head_resolutions=None if config.head_resolutions is None else tuple(config.head_resolutions),
+                latent_dim=config.latent_dim,
+            )
+        else:
+            self.network = ResNetGNEncoder(
+                depths=tuple(config.depths),
+                width_multiplier=config.width_multiplier,
+                projection_dim=config.latent_dim,
+                head_num_layers=config.head_num_layers,
+                num_groups=config.num_groups,
+                norm_eps=config.norm_eps,
+                in_channels=config.num_channels,
+            )
+        self.post_init()
+
+    @property
+    def feature_dim(self) -> int:
+        """Size of `features`: the ResNet's pooled feature, or the latent dimension for NCSN++."""
+        return self.network.feature_dim if self.config.encoder_type == "resnet_gn" else self.config.latent_dim
+
+    def forward(self, pixel_values: torch.Tensor, return_dict: Optional[bool] = None) -> Union[LZNImageEncoderOutput, tuple]:
+        """pixel_values `[B, C, H, W]` in [-1, 1] -> anchors `[B, d]`, features `[B, F]`."""
+        image_size = self.config.image_size if self.config.encoder_type == "ncsnpp" else None
+        check_pixel_values(pixel_values, self.config.num_channels, image_size)
+        if self.config.encoder_type == "resnet_gn":
+            anchors, features = self.network.forward_with_features(pixel_values)  # [B, d], [B, 2048]
+        else:
+            anchors = features = self.network(pixel_values)  # [B, d]
+        if not (self.config.use_return_dict if return_dict is None else return_dict):
+            return anchors, features
+        return LZNImageEncoderOutput(anchors=anchors, features=features)
+
+
+class LZNImageDecoder(LZNPreTrainedModel):
+    """The rectified-flow velocity network, conditioned on an LZN latent (and a class label).
+
+    Follows diffusers' flow-matching orientation: `sample` is `x_sigma = (1 - sigma) * data + sigma * noise`,
+    `timestep = sigma * 1000`, and the output is the velocity `noise - data`. Upstream's network runs the
+    other way (t = 0 noise, predicts `data - noise`); :meth:`forward` converts in exactly one place.
+    """
+
+    config_class = LZNImageDecoderConfig
+    main_input_name = "sample"
+
+    def __init__(self, config: LZNImageDecoderConfig):
+        super().__init__(config)
+        self.network = NCSNppDecoder(
+            image_size=config.image_size,
+            in_channels=config.num_channels,
+            nf=config.nf,
+            ch_mult=tuple(config.ch_mult),
+            num_res_blocks=config.num_res_blocks,
+            attn_resolutions=tuple(config.attn_resolutions),
+            dropout=config.dropout,
+            resamp_with_conv=config.resamp_with_conv,
+            fir=config.fir,
+            fir_kernel=tuple(config.fir_kernel),
+            skip_rescale=config.skip_rescale,
+            resblock_type=config.resblock_type,
+            progressive=config.progressive,
+            progressive_input=config.progressive_input,
+            progressive_combine=config.progressive_combine,
+            init_scale=config.init_scale,
+            embedding_type=config.embedding_type,
+            fourier_scale=config.fourier_scale,
+            scale_by_sigma=config.scale_by_sigma,
+            latent_dim=config.latent_dim,
+            num_classes=config.num_classes,
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: Union[torch.Tensor, float],
+        latents: torch.Tensor,
+        class_labels: Optional[torch.Tensor] = None,
+        return_dict: bool = True,
+    ) -> Union[LZNImageDecoderOutput, tuple]:
+        """
+        Args:
+            sample: `[B, C, H, W]` noisy images `x_sigma`.
+            timestep: `sigma * 1000`, a scalar or `[B]` (as diffusers' flow-matching schedulers pass it).
+            latents: `[B, d]` LZN latents.
+            class_labels: `[B]` int labels (or `[B, C]` one-hot) for label-conditional decoders.
+
+        Returns:
+            velocity `noise - data`, `[B, C, H, W]`, in `.sample`.
+        """
+        config = self.config
+        if sample.ndim != 4 or tuple(sample.shape[1:]) != (config.num_channels, config.image_size, config.image_size):
+            raise ValueError(
+                f"`sample` must have shape [B, {config.num_channels}, {config.image_size}, {config.image_size}], got {tuple(sample.shape)}"
+            )
+        if latents.ndim != 2 or latents.shape != (sample.shape[0], config.latent_dim):
+            raise ValueError(f"`latents` must have shape [{sample.shape[0]}, {config.latent_dim}], got {tuple(latents.shape)}")
+        if class_labels is not None and class_labels.ndim == 1:
+            class_labels = check_labels(class_labels, config.num_classes) if config.num_classes else class_labels
+        velocity = -self.upstream_velocity(sample, self.upstream_time(timestep, sample), latents, class_labels)
+        if not return_dict:
+            return (velocity,)
+        return LZNImageDecoderOutput(sample=velocity)
+
+    @staticmethod
+    def upstream_time(timestep: Union[torch.Tensor, float], sample: torch.Tensor) -> torch.Tensor:
+        """diffusers' `timestep = sigma * 1000` -> upstream's time `t = 1 - sigma` (0 = noise), `[B]`."""
+        timestep = torch.as_tensor(timestep, device=sample.device, dtype=torch.float64)
+        t = 1.0 - timestep / NUM_TRAIN_TIMESTEPS  # computed in float64: t near 1e-3 keeps its digits
+        if t.numel() == 1:
+            return t.reshape(()).expand(sample.shape[0]).to(sample.dtype)
+        if t.shape != (sample.shape[0],):
+            raise ValueError(f"`timestep` must be a scalar or have shape [{sample.shape[0]}], got {tuple(t.shape)}")
+        return t.to(sample.dtype)
+
+    def upstream_velocity(self, sample, t, latents, class_labels=None) -> torch.Tensor:
+        """Upstream's orientation: `x_t = t * data + (1 - t) * noise`, `t` `[B]` in [0, 1], returns `data - noise`."""
+        return self.network(sample, t, latents, class_labels)
+
+
+class LZNLabelAnchors(LZNPreTrainedModel):
+    """One learnable anchor per class: `anchors` `[C, d]`, initialised N(0, 1) (upstream's `LabelAnchor`)."""
+
+    config_class = LZNLabelAnchorsConfig
+    main_input_name = "labels"
+
+    def __init__(self, config: LZNLabelAnchorsConfig):
+        super().__init__(config)
+        self.anchors = nn.Parameter(torch.randn(config.num_classes, config.latent_dim))
+        self.post_init()
+
+    def forward(self, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The anchors of `labels` `[B, d]`, or the whole table `[C, d]` when `labels` is None."""
+        if labels is None:
+            return self.anchors
+        return self.anchors[check_labels(labels, self.config.num_classes).to(self.anchors.device)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# composites
+# ----------------------------------------------------------------------------------------------------------
+def _noise_like(reference: torch.Tensor, noise: Optional[torch.Tensor], generator) -> torch.Tensor:
+    if noise is None:
+        return torch.randn(reference.shape, generator=generator, device=reference.device, dtype=reference.dtype)
+    if noise.shape != reference.shape:
+        raise ValueError(f"`noise` must have shape {tuple(reference.shape)}, got {tuple(noise.shape)}")
+    return noise.to(device=reference.device, dtype=reference.dtype)
+
+
+class LZNLatentSpaceMixin:
+    """Latent-space operations shared by :class:`LZNModel` and :class:`LZNForImageClassification`.
+
+    Expects `self.config` (:class:`LZNConfig`), `self.image_encoder` and `self.label_anchors` (or None).
+    """
+
+    def get_image_anchors(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values `[B, C, H, W]` in [-1, 1] -> anchors `[B, d]`."""
+        return self.image_encoder(pixel_values, return_dict=True).anchors
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The representation `[B, F]`: the ResNet's pooled backbone feature, or the NCSN++ anchors."""
+        return self.image_encoder(pixel_values, return_dict=True).features
+
+    def get_image_latents(
+        self,
+        pixel_values: Optional[torch.Tensor] = None,
+        anchors: Optional[torch.Tensor] = None,
+        noise: Optional[torch.Tensor] = None,
+        reference_anchors: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Image latents `[B, d]`: the forward flow of the image anchors (config's solver and steps).
+
+        Args:
+            pixel_values / anchors: the images, or their anchors `[B, d]` directly.
+            noise: `[B, d]` N(0, I) prior noise (drawn with `generator` if None); the config's
+                `prior_noise_scale` multiplies it.
+            reference_anchors: `[N, d]` anchors defining the zones; default: this batch's anchors (upstream).
+        """
+        if anchors is None:
+            if pixel_values is None:
+                raise ValueError("pass `pixel_values` or `anchors`")
+            anchors = self.get_image_anchors(pixel_values)
+        noise = self.config.prior_noise_scale * _noise_like(anchors, noise, generator)
+        return anchors_to_latents(
+            anchors,
+            noise,
+            reference_anchors,
+            num_steps=self.config.image_flow_num_steps,
+            solver=self.config.image_flow_solver,
+            eps=self.config.image_flow_eps,
+        )
+
+    def _require_label_anchors(self) -> "LZNLabelAnchors":
+        if self.label_anchors is None:
+            raise ValueError("this model has no label anchors (config.label_anchors_config is None)")
+        return self.label_anchors
+
+    def get_label_latents(self, labels, noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Label encoder: class indices `[B]` -> latents `[B, d]` (forward Euler flow over the label anchors).
+
+        Uniform weights, `label_flow_num_steps` steps, eps 1e-4 (lzn-method.md §2.5).
+        """
+        table = self._require_label_anchors().anchors  # [C, d]
+        own = self.label_anchors(labels)  # [B, d]
+        noise = _noise_like(own, noise, generator)
+        return anchors_to_latents(own, noise, table, num_steps=self.config.label_flow_num_steps, solver="euler")
+
+    def classify_latents(
+        self, latents: torch.Tensor, class_weights: Optional[torch.Tensor] = None, return_dict: bool = True
+    ) -> Union[LZNLatentClassificationOutput, tuple]:
+        """Label decoder: latents `[B, d]` -> reverse flow over the label anchors -> nearest label anchor.
+
+        `class_weights` `[C]` (optional) weight the classes in the flow (upstream: the batch label histogram).
+        """
+        table = self._require_label_anchors().anchors  # [C, d]
+        points, posteriors = latents_to_anchors(latents, table, self.config.label_flow_num_steps, class_weights)
+        logits = posteriors[-1].clamp_min(torch.finfo(posteriors.dtype).tiny).log()  # [B, C]
+        predictions = nearest_anchor(points, table)  # [B]
+        output = LZNLatentClassificationOutput(logits=logits, posteriors=posteriors, predictions=predictions, points=points)
+        return output if return_dict else output.to_tuple()
+
+
+class LZNModel(LZNLatentSpaceMixin, LZNPreTrainedModel):
+    """A Latent Zoning Network: image encoder, optional image decoder, optional label anchors.
+
+    Example::
+
+        model = LZNModel(LZNConfig.from_preset("tiny-joint"))
+        latents = model.get_image_latents(pixel_values)             # image -> latent (batch zones)
+        predictions = model.classify_latents(latents).predictions  # latent -> label
+        label_latents = model.get_label_latents([0, 2])            # label -> latent (for the decoder)
+    """
+
+    config_class = LZNConfig
+
+    def __init__(self, config: LZNConfig):
+        super().__init__(config)
+        self.image_encoder = LZNImageEncoder(config.image_encoder_config)
+        self.image_decoder = None if config.image_decoder_config is None else LZNImageDecoder(config.image_decoder_config)
+        self.label_anchors = None if config.label_anchors_config is None else LZNLabelAnchors(config.label_anchors_config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        noise: Optional[torch.Tensor] = None,
+        reference_anchors: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        return_dict: Optional[bool] = None,
+    ) -> Union[LZNModelOutput, tuple]:
+        """Images `[B, C, H, W]` -> latents `[B, d]` and anchors `[B, d]` (zones of the batch unless
+        `reference_anchors` is given)."""
+        anchors = self.get_image_anchors(pixel_values)
+        latents = self.get_image_latents(anchors=anchors, noise=noise, reference_anchors=reference_anchors, generator=generator)
+        if not (self.config.use_return_dict if return_dict is None else return_dict):
+            return latents, anchors
+        return LZNModelOutput(latents=latents, anchors=anchors)
+
+
+class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
+    """Image -> image latent -> reverse flow over the label anchors -> class (lzn-method.md §2.4).
+
+    Loads from an :class:`LZNModel` checkpoint (the decoder weights are ignored). Logits are log
+    posteriors over classes; predictions of upstream's procedure depend on the batch-mates (they shape the
+    zones) and on the prior noise: pass `noise` and `reference_anchors` to fix both.
+    """
+
+    config_class = LZNConfig
+    _keys_to_ignore_on_load_unexpected = [r"image_decoder\..*"]
+
+    def __init__(self, config: LZNConfig):
+        super().__init__(config)
+        if config.label_anchors_config is None:
+            raise ValueError("LZNForImageClassification needs `label_anchors_config` in the config")
+        self.image_encoder = LZNImageEncoder(config.image_encoder_config)
+        self.label_anchors = LZNLabelAnchors(config.label_anchors_config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        class_weights: Optional[torch.Tensor] = None,
+        noise: Optional[torch.Tensor] = None,
+        reference_anchors: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        return_dict: Optional[bool] = None,
+    ) -> Union[ImageClassifierOutput, tuple]:
+        """pixel_values `[B, C, H, W]` -> `ImageClassifierOutput` with `logits` `[B, C]` (log posteriors)."""
+        latents = self.get_image_latents(pixel_values, noise=noise, reference_anchors=reference_anchors, generator=generator)
+        logits = self.classify_latents(latents, class_weights).logits
+        if not (self.config.use_return_dict if return_dict is None else return_dict):
+            return (logits,)
+        return ImageClassifierOutput(logits=logits)
