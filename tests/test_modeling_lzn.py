@@ -191,10 +191,11 @@ def tiny_joint():
 def test_tiny_shapes_and_tuples(tiny_joint):
     images = tiny_images()
     with torch.no_grad():
-        output = tiny_joint(images)
-        assert output.latents.shape == output.anchors.shape == (4, 16)
-        latents, anchors = tiny_joint(images, noise=torch.zeros(4, 16), return_dict=False)
+        output = tiny_joint(images, output_latents=True)
+        assert output.latents.shape == output.anchors.shape == output.pooler_output.shape == (4, 16)
+        anchors, features, latents = tiny_joint(images, output_latents=True, noise=torch.zeros(4, 16), return_dict=False)
         torch.testing.assert_close(anchors, output.anchors)
+        assert tiny_joint(images, return_dict=False)[0].shape == (4, 16)
         classified = tiny_joint.classify_latents(latents)
         assert classified.logits.shape == (4, 3) and classified.posteriors.shape == (100, 4, 3)
         assert classified.predictions.dtype == torch.long and classified.predictions.shape == (4,)

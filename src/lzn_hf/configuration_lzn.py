@@ -190,20 +190,25 @@ class LZNImageDecoderConfig(PreTrainedConfig):
 class LZNLabelAnchorsConfig(PreTrainedConfig):
     r"""Configuration of :class:`~lzn_hf.LZNLabelAnchors`: one learnable anchor per class, `[num_classes, latent_dim]`.
 
+    Args:
+        num_classes (`int`), latent_dim (`int`): the table's shape.
+        flow_num_steps (`int`, defaults to 100): Euler steps of the label flows (label -> latent and back).
+
     `id2label` / `label2id` name the classes (used by the pipelines to accept class names).
     """
 
     model_type = "lzn_label_anchors"
 
-    def __init__(self, num_classes: int = 10, latent_dim: int = 200, **kwargs):
+    def __init__(self, num_classes: int = 10, latent_dim: int = 200, flow_num_steps: int = 100, **kwargs):
         self.num_classes = num_classes
         self.latent_dim = latent_dim
+        self.flow_num_steps = flow_num_steps
         if kwargs.get("id2label") is None:
             kwargs["id2label"] = {i: str(i) for i in range(num_classes)} if isinstance(num_classes, int) and num_classes > 0 else None
         if kwargs.get("label2id") is None and kwargs.get("id2label"):
             kwargs["label2id"] = {name: int(i) for i, name in kwargs["id2label"].items()}
         super().__init__(**kwargs)
-        _positive_int(self, "num_classes", "latent_dim")
+        _positive_int(self, "num_classes", "latent_dim", "flow_num_steps")
         _require(len(self.id2label) == num_classes, f"`id2label` has {len(self.id2label)} entries, expected num_classes={num_classes}")
 
 
@@ -231,7 +236,6 @@ class LZNConfig(PreTrainedConfig):
             (1e-3 for DPM-Solver++, 1e-4 for Euler).
         prior_noise_scale (`float`, defaults to 1.0): scale of the prior noise of image latents (0.45 in case
             study 2; 0 gives the deterministic zone centre).
-        label_flow_num_steps (`int`, defaults to 100): Euler steps of the label flows (encode and decode).
         label_loss_cutoff (`float`, defaults to 0.2): fraction of the first reverse-flow steps ignored by the
             alignment / assignment losses.
     """
@@ -252,7 +256,6 @@ class LZNConfig(PreTrainedConfig):
         image_flow_num_steps: int = 20,
         image_flow_eps: Optional[float] = None,
         prior_noise_scale: float = 1.0,
-        label_flow_num_steps: int = 100,
         label_loss_cutoff: float = 0.2,
         **kwargs,
     ):
@@ -263,7 +266,6 @@ class LZNConfig(PreTrainedConfig):
         self.image_flow_num_steps = image_flow_num_steps
         self.image_flow_eps = image_flow_eps
         self.prior_noise_scale = prior_noise_scale
-        self.label_flow_num_steps = label_flow_num_steps
         self.label_loss_cutoff = label_loss_cutoff
         if self.label_anchors_config is not None and kwargs.get("id2label") is None:
             kwargs["id2label"] = dict(self.label_anchors_config.id2label)
@@ -273,7 +275,7 @@ class LZNConfig(PreTrainedConfig):
 
     def validate_lzn(self) -> None:
         _require(self.image_flow_solver in SOLVERS, f"`image_flow_solver` must be one of {SOLVERS}, got {self.image_flow_solver!r}")
-        _positive_int(self, "image_flow_num_steps", "label_flow_num_steps")
+        _positive_int(self, "image_flow_num_steps")
         _require(self.image_flow_eps is None or 0.0 < self.image_flow_eps < 1.0, f"`image_flow_eps` must be in (0, 1), got {self.image_flow_eps}")
         _require(self.prior_noise_scale >= 0.0, f"`prior_noise_scale` must be >= 0, got {self.prior_noise_scale}")
         _require(0.0 <= self.label_loss_cutoff < 1.0, f"`label_loss_cutoff` must be in [0, 1), got {self.label_loss_cutoff}")

@@ -62,7 +62,6 @@ def lzn_config_from_reference(reference: Mapping[str, Any]) -> LZNConfig:
         "image_flow_solver": solver,
         "image_flow_num_steps": summary["image_latent_flow_num_steps"],
         "prior_noise_scale": summary.get("prior_data_scale", 1.0),
-        "label_flow_num_steps": summary.get("label_latent_flow_num_steps", 100),
         "label_loss_cutoff": summary.get("label_loss_cut_off_step", summary.get("assignment_loss_cut_off_step", 0.2)),
     }
     if "resnet" in summary:
@@ -101,7 +100,9 @@ def lzn_config_from_reference(reference: Mapping[str, Any]) -> LZNConfig:
         "num_classes": num_classes,
         **{name: model[name] for name in ("progressive", "embedding_type", "fourier_scale", "scale_by_sigma")},
     }
-    labels = {"num_classes": num_classes, "latent_dim": latent_dim} if num_classes else None
+    labels = None
+    if num_classes:
+        labels = {"num_classes": num_classes, "latent_dim": latent_dim, "flow_num_steps": summary["label_latent_flow_num_steps"]}
     return LZNConfig(image_encoder_config=encoder, image_decoder_config=decoder, label_anchors_config=labels, **flow_settings)
 
 

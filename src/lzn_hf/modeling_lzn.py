@@ -55,10 +55,11 @@ NUM_TRAIN_TIMESTEPS = 1000
 # ----------------------------------------------------------------------------------------------------------
 @dataclass
 class LZNImageEncoderOutput(ModelOutput):
-    """anchors `[B, d]`; features `[B, F]` (ResNet: the pooled backbone feature; NCSN++: the anchors)."""
+    """anchors `[B, d]`; pooler_output `[B, F]`: the image representation (ResNet: the pooled 2048-d
+    backbone feature used for linear probes; NCSN++: the anchors). Neither depends on batch-mates."""
 
     anchors: Optional[torch.Tensor] = None
-    features: Optional[torch.Tensor] = None
+    pooler_output: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -86,10 +87,12 @@ class LZNLatentClassificationOutput(ModelOutput):
 
 @dataclass
 class LZNModelOutput(ModelOutput):
-    """anchors `[B, d]` and latents `[B, d]` of a batch of images (latents against the batch's anchors)."""
+    """anchors `[B, d]`, pooler_output `[B, F]` (the representation, see `LZNImageEncoderOutput`) and, when
+    asked for, latents `[B, d]` (against the batch's anchors unless reference anchors are given)."""
 
-    latents: Optional[torch.Tensor] = None
     anchors: Optional[torch.Tensor] = None
+    pooler_output: Optional[torch.Tensor] = None
+    latents: Optional[torch.Tensor] = None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -207,11 +210,11 @@ class LZNImageEncoder(LZNPreTrainedModel):
 
     @property
     def feature_dim(self) -> int:
-        """Size of `features`: the ResNet's pooled feature, or the latent dimension for NCSN++."""
+        """Size of `pooler_output`: the ResNet's pooled feature, or the latent dimension for NCSN++."""
         return self.network.feature_dim if self.config.encoder_type == "resnet_gn" else self.config.latent_dim
 
     def forward(self, pixel_values: torch.Tensor, return_dict: Optional[bool] = None) -> Union[LZNImageEncoderOutput, tuple]:
-        """pixel_values `[B, C, H, W]` in [-1, 1] -> anchors `[B, d]`, features `[B, F]`."""
+        """pixel_values `[B, C, H, W]` in [-1, 1] -> anchors `[B, d]`, pooler_output `[B, F]`."""
         image_size = self.config.image_size if self.config.encoder_type == "ncsnpp" else None
         check_pixel_values(pixel_values, self.config.num_channels, image_size)
         if self.config.encoder_type == "resnet_gn":
@@ -220,7 +223,7 @@ class LZNImageEncoder(LZNPreTrainedModel):
             anchors = features = self.network(pixel_values)  # [B, d]
         if not (self.config.use_return_dict if return_dict is None else return_dict):
             return anchors, features
-        return LZNImageEncoderOutput(anchors=anchors, features=features)
+        return LZNImageEncoderOutput(anchors=anchors, pooler_output=features)
 
 
 class LZNImageDecoder(LZNPreTrainedModel):
@@ -310,7 +313,11 @@ class LZNImageDecoder(LZNPreTrainedModel):
 
 
 class LZNLabelAnchors(LZNPreTrainedModel):
-    """One learnable anchor per class: `anchors` `[C, d]`, initialised N(0, 1) (upstream's `LabelAnchor`)."""
+    """One learnable anchor per class, `anchors` `[C, d]` (N(0, 1) init), and the label encoder / decoder.
+
+    * label encoder :meth:`get_label_latents`: class -> forward Euler flow over the label anchors -> latent;
+    * label decoder :meth:`classify_latents`: latent -> reverse flow over the label anchors -> class.
+    """
 
     config_class = LZNLabelAnchorsConfig
     main_input_name = "labels"
@@ -326,10 +333,27 @@ class LZNLabelAnchors(LZNPreTrainedModel):
             return self.anchors
         return self.anchors[check_labels(labels, self.config.num_classes).to(self.anchors.device)]
 
+    def get_label_latents(self, labels, noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Class indices `[B]` -> latents `[B, d]`: forward Euler flow over the label anchors from
+        `1e-4 * noise + (1 - 1e-4) * anchor`, uniform weights, `flow_num_steps` steps (lzn-method.md §2.5)."""
+        own = self(labels)  # [B, d]
+        noise = _noise_like(own, noise, generator)
+        return anchors_to_latents(own, noise, self.anchors, num_steps=self.config.flow_num_steps, solver="euler")
 
-# ----------------------------------------------------------------------------------------------------------
-# composites
-# ----------------------------------------------------------------------------------------------------------
+    def classify_latents(
+        self, latents: torch.Tensor, class_weights: Optional[torch.Tensor] = None, return_dict: bool = True
+    ) -> Union[LZNLatentClassificationOutput, tuple]:
+        """Latents `[B, d]` -> reverse flow over the label anchors -> nearest label anchor.
+
+        `class_weights` `[C]` (optional) weight the classes in the flow (upstream: the batch label histogram).
+        """
+        points, posteriors = latents_to_anchors(latents, self.anchors, self.config.flow_num_steps, class_weights)
+        logits = posteriors[-1].clamp_min(torch.finfo(posteriors.dtype).tiny).log()  # [B, C]
+        predictions = nearest_anchor(points, self.anchors)  # [B]
+        output = LZNLatentClassificationOutput(logits=logits, posteriors=posteriors, predictions=predictions, points=points)
+        return output if return_dict else output.to_tuple()
+
+
 def _noise_like(reference: torch.Tensor, noise: Optional[torch.Tensor], generator) -> torch.Tensor:
     if noise is None:
         return torch.randn(reference.shape, generator=generator, device=reference.device, dtype=reference.dtype)
@@ -338,6 +362,9 @@ def _noise_like(reference: torch.Tensor, noise: Optional[torch.Tensor], generato
     return noise.to(device=reference.device, dtype=reference.dtype)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# composites
+# ----------------------------------------------------------------------------------------------------------
 class LZNLatentSpaceMixin:
     """Latent-space operations shared by :class:`LZNModel` and :class:`LZNForImageClassification`.
 
@@ -350,7 +377,7 @@ class LZNLatentSpaceMixin:
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The representation `[B, F]`: the ResNet's pooled backbone feature, or the NCSN++ anchors."""
-        return self.image_encoder(pixel_values, return_dict=True).features
+        return self.image_encoder(pixel_values, return_dict=True).pooler_output
 
     def get_image_latents(
         self,
@@ -388,28 +415,12 @@ class LZNLatentSpaceMixin:
         return self.label_anchors
 
     def get_label_latents(self, labels, noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Label encoder: class indices `[B]` -> latents `[B, d]` (forward Euler flow over the label anchors).
+        """Label encoder: class indices `[B]` -> latents `[B, d]` (see :meth:`LZNLabelAnchors.get_label_latents`)."""
+        return self._require_label_anchors().get_label_latents(labels, noise=noise, generator=generator)
 
-        Uniform weights, `label_flow_num_steps` steps, eps 1e-4 (lzn-method.md §2.5).
-        """
-        table = self._require_label_anchors().anchors  # [C, d]
-        own = self.label_anchors(labels)  # [B, d]
-        noise = _noise_like(own, noise, generator)
-        return anchors_to_latents(own, noise, table, num_steps=self.config.label_flow_num_steps, solver="euler")
-
-    def classify_latents(
-        self, latents: torch.Tensor, class_weights: Optional[torch.Tensor] = None, return_dict: bool = True
-    ) -> Union[LZNLatentClassificationOutput, tuple]:
-        """Label decoder: latents `[B, d]` -> reverse flow over the label anchors -> nearest label anchor.
-
-        `class_weights` `[C]` (optional) weight the classes in the flow (upstream: the batch label histogram).
-        """
-        table = self._require_label_anchors().anchors  # [C, d]
-        points, posteriors = latents_to_anchors(latents, table, self.config.label_flow_num_steps, class_weights)
-        logits = posteriors[-1].clamp_min(torch.finfo(posteriors.dtype).tiny).log()  # [B, C]
-        predictions = nearest_anchor(points, table)  # [B]
-        output = LZNLatentClassificationOutput(logits=logits, posteriors=posteriors, predictions=predictions, points=points)
-        return output if return_dict else output.to_tuple()
+    def classify_latents(self, latents: torch.Tensor, class_weights: Optional[torch.Tensor] = None, return_dict: bool = True):
+        """Label decoder: latents `[B, d]` -> classes (see :meth:`LZNLabelAnchors.classify_latents`)."""
+        return self._require_label_anchors().classify_latents(latents, class_weights, return_dict)
 
 
 class LZNModel(LZNLatentSpaceMixin, LZNPreTrainedModel):
@@ -435,18 +446,20 @@ class LZNModel(LZNLatentSpaceMixin, LZNPreTrainedModel):
     def forward(
         self,
         pixel_values: torch.Tensor,
+        output_latents: bool = False,
         noise: Optional[torch.Tensor] = None,
         reference_anchors: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
         return_dict: Optional[bool] = None,
     ) -> Union[LZNModelOutput, tuple]:
-        """Images `[B, C, H, W]` -> latents `[B, d]` and anchors `[B, d]` (zones of the batch unless
-        `reference_anchors` is given)."""
-        anchors = self.get_image_anchors(pixel_values)
-        latents = self.get_image_latents(anchors=anchors, noise=noise, reference_anchors=reference_anchors, generator=generator)
-        if not (self.config.use_return_dict if return_dict is None else return_dict):
-            return latents, anchors
-        return LZNModelOutput(latents=latents, anchors=anchors)
+        """Images `[B, C, H, W]` -> anchors `[B, d]`, pooler_output `[B, F]` and, with `output_latents=True`,
+        latents `[B, d]` (zones of the batch's anchors unless `reference_anchors` is given)."""
+        encoded = self.image_encoder(pixel_values, return_dict=True)
+        latents = None
+        if output_latents:
+            latents = self.get_image_latents(anchors=encoded.anchors, noise=noise, reference_anchors=reference_anchors, generator=generator)
+        output = LZNModelOutput(anchors=encoded.anchors, pooler_output=encoded.pooler_output, latents=latents)
+        return output if (self.config.use_return_dict if return_dict is None else return_dict) else output.to_tuple()
 
 
 class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
