@@ -241,6 +241,16 @@ def test_dpm_solver_first_step_is_euler():
     torch.testing.assert_close(z, expected)
 
 
+@pytest.mark.parametrize("solver", ["euler", "dpm_solver++"])
+def test_append_own_anchor_equals_a_flow_per_query(solver):
+    """Each query alone against bank + its own anchor: the batch-independent mode."""
+    bank, anchors, noise = torch.randn(30, 4), torch.randn(5, 4), torch.randn(5, 4)
+    batched = anchors_to_latents(anchors, noise, bank, num_steps=8, solver=solver, append_own_anchor=True, chunk_size=2)
+    for i in range(5):
+        alone = anchors_to_latents(anchors[i : i + 1], noise[i : i + 1], torch.cat([bank, anchors[i : i + 1]]), num_steps=8, solver=solver)
+        torch.testing.assert_close(batched[i : i + 1], alone, rtol=1e-4, atol=1e-4)
+
+
 def test_nearest_anchor():
     anchors = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
     points = torch.tensor([[9.0, 1.0], [0.5, 0.5], [1.0, 8.0]])

@@ -1,6 +1,6 @@
 """lzn_hf: Latent Zoning Networks (Lin et al., NeurIPS 2025) for the Hugging Face ecosystem."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from . import latent_flow
 from .configuration_lzn import (
@@ -10,6 +10,7 @@ from .configuration_lzn import (
     LZNImageEncoderConfig,
     LZNLabelAnchorsConfig,
 )
+from .image_processing_lzn import LZNImageProcessor, lzn_image_processor
 from .modeling_lzn import (
     LZNForImageClassification,
     LZNImageDecoder,
@@ -29,6 +30,7 @@ for _config, _model in (
 ):
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)
+    AutoImageProcessor.register(_config, image_processor_classes={"pil": LZNImageProcessor}, exist_ok=True)
 AutoModelForImageClassification.register(LZNConfig, LZNForImageClassification, exist_ok=True)
 
 __all__ = [
@@ -44,4 +46,6 @@ __all__ = [
     "LZNLabelAnchors",
     "LZNModel",
     "LZNForImageClassification",
+    "LZNImageProcessor",
+    "lzn_image_processor",
 ]

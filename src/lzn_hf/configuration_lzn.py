@@ -238,6 +238,8 @@ class LZNConfig(PreTrainedConfig):
             study 2; 0 gives the deterministic zone centre).
         label_loss_cutoff (`float`, defaults to 0.2): fraction of the first reverse-flow steps ignored by the
             alignment / assignment losses.
+        anchor_bank_size (`int`, defaults to 0): rows of the reference-anchor bank stored with
+            `LZNForImageClassification` for batch-independent classification (set by `build_anchor_bank`).
     """
 
     model_type = "lzn"
@@ -257,6 +259,7 @@ class LZNConfig(PreTrainedConfig):
         image_flow_eps: Optional[float] = None,
         prior_noise_scale: float = 1.0,
         label_loss_cutoff: float = 0.2,
+        anchor_bank_size: int = 0,
         **kwargs,
     ):
         self.image_encoder_config = _sub_config(image_encoder_config or {}, LZNImageEncoderConfig, "image_encoder_config")
@@ -267,6 +270,7 @@ class LZNConfig(PreTrainedConfig):
         self.image_flow_eps = image_flow_eps
         self.prior_noise_scale = prior_noise_scale
         self.label_loss_cutoff = label_loss_cutoff
+        self.anchor_bank_size = anchor_bank_size
         if self.label_anchors_config is not None and kwargs.get("id2label") is None:
             kwargs["id2label"] = dict(self.label_anchors_config.id2label)
             kwargs["label2id"] = dict(self.label_anchors_config.label2id)
@@ -279,6 +283,7 @@ class LZNConfig(PreTrainedConfig):
         _require(self.image_flow_eps is None or 0.0 < self.image_flow_eps < 1.0, f"`image_flow_eps` must be in (0, 1), got {self.image_flow_eps}")
         _require(self.prior_noise_scale >= 0.0, f"`prior_noise_scale` must be >= 0, got {self.prior_noise_scale}")
         _require(0.0 <= self.label_loss_cutoff < 1.0, f"`label_loss_cutoff` must be in [0, 1), got {self.label_loss_cutoff}")
+        _require(isinstance(self.anchor_bank_size, int) and self.anchor_bank_size >= 0, f"`anchor_bank_size` must be an integer >= 0, got {self.anchor_bank_size!r}")
         latent_dim = self.image_encoder_config.latent_dim
         for name in ("image_decoder_config", "label_anchors_config"):
             part = getattr(self, name)
@@ -366,7 +371,7 @@ LZN_PRESETS: Dict[str, Dict[str, Any]] = {
         "image_decoder_config": {**_TINY_TRUNK, "embedding_type": "fourier", "scale_by_sigma": True, "progressive": "output_skip", "fir": True, "progressive_input": "input_skip"},
     },
     "tiny-representation": {
-        "image_encoder_config": {"encoder_type": "resnet_gn", "image_size": 32, "num_channels": 3, "latent_dim": 32, "depths": [1, 1, 1, 1]},
+        "image_encoder_config": {"encoder_type": "resnet_gn", "image_size": 32, "num_channels": 3, "latent_dim": 128, "depths": [1, 1, 1, 1]},
         "image_flow_solver": "euler",
         "prior_noise_scale": 0.45,
     },

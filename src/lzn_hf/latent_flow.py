@@ -138,6 +138,20 @@ def _posterior_mean(latents, t: float, anchors, log_weights: Optional[torch.Tens
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
+def _posterior_mean_with_own(latents, t: float, anchors, own_anchors, chunk_size: int):
+    """Like :func:`_posterior_mean`, but query i's anchor set is ``anchors`` plus its own anchor ``own_anchors[i]``."""
+    bias = _logit_bias(anchors, t, None)  # [N]
+    scale = (1.0 - t) / t**2
+    outputs = []
+    for start in range(0, latents.shape[0], chunk_size):
+        chunk, own = latents[start : start + chunk_size], own_anchors[start : start + chunk_size]  # [b, d]
+        own_logit = scale * (chunk * own).sum(-1) - 0.5 * ((1.0 - t) / t) ** 2 * own.pow(2).sum(-1)  # [b]
+        logits = torch.cat([_anchor_logits(chunk, t, anchors, bias), own_logit[:, None]], dim=-1)  # [b, N + 1]
+        posteriors = logits.softmax(-1)
+        outputs.append(posteriors[:, :-1] @ anchors + posteriors[:, -1:] * own)  # [b, d]
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
 def anchor_velocity(
     latents: torch.Tensor,
     t: float,
@@ -247,6 +261,7 @@ def anchors_to_latents(
     weights: Optional[torch.Tensor] = None,
     gradient_checkpointing: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    append_own_anchor: bool = False,
 ) -> torch.Tensor:
     """Forward flow (lzn-method.md §1.4): map each anchor to a latent in its zone of N(0, I).
 
@@ -264,6 +279,8 @@ def anchors_to_latents(
             the grid always starts at 1e-3, as upstream.
         weights: optional ``[N]`` anchor weights pi (upstream's forward flows use uniform weights).
         gradient_checkpointing: recompute each velocity evaluation in backward instead of storing it.
+        append_own_anchor: each query's zones are those of ``reference_anchors`` plus its own anchor (the
+            batch-independent mode: a fixed bank of reference anchors, completed by the query itself).
 
     Returns:
         ``[B, d]`` latents.
@@ -282,8 +299,12 @@ def anchors_to_latents(
     if not (0.0 < eps < 1.0):
         raise ValueError(f"`eps` must be in (0, 1), got {eps}")
     log_weights = _log_weights(weights, reference_anchors)
+    if append_own_anchor and weights is not None:
+        raise ValueError("`append_own_anchor` supports uniform weights only")
 
     def posterior_mean(z, t):  # [B, d]
+        if append_own_anchor:
+            return _posterior_mean_with_own(z, t, reference_anchors, anchors, chunk_size)
         return _posterior_mean(z, t, reference_anchors, log_weights, chunk_size)
 
     z = eps * noise + (1.0 - eps) * anchors  # [B, d]

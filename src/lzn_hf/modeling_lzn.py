@@ -386,6 +386,7 @@ class LZNLatentSpaceMixin:
         noise: Optional[torch.Tensor] = None,
         reference_anchors: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
+        append_own_anchor: bool = False,
     ) -> torch.Tensor:
         """Image latents `[B, d]`: the forward flow of the image anchors (config's solver and steps).
 
@@ -394,6 +395,8 @@ class LZNLatentSpaceMixin:
             noise: `[B, d]` N(0, I) prior noise (drawn with `generator` if None); the config's
                 `prior_noise_scale` multiplies it.
             reference_anchors: `[N, d]` anchors defining the zones; default: this batch's anchors (upstream).
+            append_own_anchor: each image's zones are `reference_anchors` plus its own anchor, so its latent
+                does not depend on the other images of the batch.
         """
         if anchors is None:
             if pixel_values is None:
@@ -407,6 +410,7 @@ class LZNLatentSpaceMixin:
             num_steps=self.config.image_flow_num_steps,
             solver=self.config.image_flow_solver,
             eps=self.config.image_flow_eps,
+            append_own_anchor=append_own_anchor,
         )
 
     def _require_label_anchors(self) -> "LZNLabelAnchors":
@@ -465,9 +469,17 @@ class LZNModel(LZNLatentSpaceMixin, LZNPreTrainedModel):
 class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
     """Image -> image latent -> reverse flow over the label anchors -> class (lzn-method.md §2.4).
 
-    Loads from an :class:`LZNModel` checkpoint (the decoder weights are ignored). Logits are log
-    posteriors over classes; predictions of upstream's procedure depend on the batch-mates (they shape the
-    zones) and on the prior noise: pass `noise` and `reference_anchors` to fix both.
+    Two modes:
+
+    * **anchor bank** (default once :meth:`build_anchor_bank` has stored reference anchors of training
+      images): each image's latent is computed against the bank plus its own anchor, with zero prior noise
+      (the zone centre) unless `noise` is given. Deterministic; an image gets the same prediction alone or
+      in any batch. This is what `pipeline("image-classification")` uses.
+    * **upstream's batch mode** (`use_anchor_bank=False`, or no bank): latents against the anchors of the
+      batch itself, with random prior noise; predictions depend on the batch-mates. Use batches of the
+      training size (2000 for CIFAR-10) to reproduce the paper.
+
+    Loads from an :class:`LZNModel` checkpoint (decoder weights ignored). Logits are log posteriors.
     """
 
     config_class = LZNConfig
@@ -479,19 +491,48 @@ class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
             raise ValueError("LZNForImageClassification needs `label_anchors_config` in the config")
         self.image_encoder = LZNImageEncoder(config.image_encoder_config)
         self.label_anchors = LZNLabelAnchors(config.label_anchors_config)
+        bank = torch.zeros(config.anchor_bank_size, config.latent_dim) if config.anchor_bank_size > 0 else None
+        self.register_buffer("anchor_bank", bank)  # [M, d] reference anchors of training images
         self.post_init()
+
+    @torch.no_grad()
+    def build_anchor_bank(self, pixel_values: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Store the anchors `[M, d]` of `pixel_values` (training images, `[M, C, H, W]` in [-1, 1]) as the
+        reference bank of the batch-independent mode; saved with the model. Returns the bank."""
+        self.eval()
+        bank = torch.cat([self.get_image_anchors(chunk) for chunk in pixel_values.split(batch_size)])
+        self.anchor_bank = bank.to(next(self.parameters()).dtype)
+        self.config.anchor_bank_size = bank.shape[0]
+        return self.anchor_bank
 
     def forward(
         self,
         pixel_values: torch.Tensor,
+        use_anchor_bank: Optional[bool] = None,
         class_weights: Optional[torch.Tensor] = None,
         noise: Optional[torch.Tensor] = None,
         reference_anchors: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
         return_dict: Optional[bool] = None,
     ) -> Union[ImageClassifierOutput, tuple]:
-        """pixel_values `[B, C, H, W]` -> `ImageClassifierOutput` with `logits` `[B, C]` (log posteriors)."""
-        latents = self.get_image_latents(pixel_values, noise=noise, reference_anchors=reference_anchors, generator=generator)
+        """pixel_values `[B, C, H, W]` -> `ImageClassifierOutput` with `logits` `[B, C]` (log posteriors).
+
+        Args:
+            use_anchor_bank: default: True when a bank is stored (and no `reference_anchors` are given).
+            class_weights: `[C]` class weights of the reverse label flow (upstream's weighted evaluation).
+            noise: `[B, d]` N(0, I) prior noise; default zeros in bank mode, random in batch mode.
+            reference_anchors: `[N, d]` anchors defining the zones in batch mode (default: the batch's).
+        """
+        if use_anchor_bank is None:
+            use_anchor_bank = self.anchor_bank is not None and reference_anchors is None
+        anchors = self.get_image_anchors(pixel_values)
+        if use_anchor_bank:
+            if self.anchor_bank is None:
+                raise ValueError("no anchor bank stored: call `build_anchor_bank(training_images)` or pass use_anchor_bank=False")
+            noise = torch.zeros_like(anchors) if noise is None else noise
+            latents = self.get_image_latents(anchors=anchors, noise=noise, reference_anchors=self.anchor_bank, append_own_anchor=True)
+        else:
+            latents = self.get_image_latents(anchors=anchors, noise=noise, reference_anchors=reference_anchors, generator=generator)
         logits = self.classify_latents(latents, class_weights).logits
         if not (self.config.use_return_dict if return_dict is None else return_dict):
             return (logits,)
