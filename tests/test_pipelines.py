@@ -236,3 +236,25 @@ def test_converter_script_writes_model_and_pipeline_folders(tmp_path):
     pipe = LZNPipeline.from_pretrained(tmp_path / "pipe")
     pipe.set_progress_bar_config(disable=True)
     assert pipe(labels=["3"], num_inference_steps=2, output_type="pt").images.shape == (1, 3, 16, 16)
+
+
+def test_push_to_hub_uploads_the_saved_pipeline(monkeypatch, pipe):
+    """No network: the Hub calls are replaced, the uploaded folder is inspected."""
+    import types
+
+    from diffusers.utils import hub_utils
+    from huggingface_hub import ModelCard
+
+    uploaded = {}
+    monkeypatch.setattr(hub_utils, "create_repo", lambda repo_id, **kwargs: types.SimpleNamespace(repo_id=repo_id))
+    monkeypatch.setattr(hub_utils, "load_or_create_model_card", lambda repo_id, **kwargs: ModelCard("---\nlibrary_name: lzn_hf\n---\n"))
+
+    def upload_folder(self, folder, repo_id, **kwargs):
+        from pathlib import Path
+
+        uploaded.update(repo_id=repo_id, files=sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file()))
+
+    monkeypatch.setattr(LZNPipeline, "_upload_folder", upload_folder)
+    pipe.push_to_hub("someone/lzn-tiny")
+    assert uploaded["repo_id"] == "someone/lzn-tiny"
+    assert {"model_index.json", "image_decoder/model.safetensors", "label_anchors/model.safetensors", "scheduler/scheduler_config.json", "README.md"} <= set(uploaded["files"])
