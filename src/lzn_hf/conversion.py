@@ -150,6 +150,9 @@ def convert_original_checkpoint(
     config = resolve_config(config)
     if not isinstance(checkpoint, Mapping):
         checkpoint = load_upstream_checkpoint(checkpoint)
+    needed = ["encoder"] + ["decoder"] * (config.image_decoder_config is not None) + ["label_anchor"] * (config.label_anchors_config is not None)
+    for name in needed:  # fail before converting anything
+        _part(checkpoint, name, use_ema)
     model = LZNModel(config).eval()
 
     raw, ema = _part(checkpoint, "encoder", use_ema)

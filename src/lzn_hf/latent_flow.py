@@ -66,6 +66,8 @@ def _check_matrix(name: str, x: torch.Tensor, dim: Optional[int] = None) -> None
         raise ValueError(f"`{name}` is empty (shape {tuple(x.shape)})")
     if dim is not None and x.shape[1] != dim:
         raise ValueError(f"`{name}` has latent dimension {x.shape[1]}, expected {dim}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"`{name}` contains NaN or Inf")
 
 
 def _check_weights(weights: Optional[torch.Tensor], num_anchors: int) -> None:

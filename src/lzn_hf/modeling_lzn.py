@@ -134,12 +134,32 @@ def check_labels(labels, num_classes: int) -> torch.Tensor:
 # base class
 # ----------------------------------------------------------------------------------------------------------
 class LZNPreTrainedModel(PreTrainedModel):
-    """Weight initialisation shared by all LZN models (upstream's schemes, through `transformers.initialization`)."""
+    """Weight initialisation shared by all LZN models (upstream's schemes, through `transformers.initialization`)
+    and strict loading."""
 
     config_class = LZNConfig
     base_model_prefix = "lzn"
     main_input_name = "pixel_values"
     _no_split_modules = []
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: bool = True, **kwargs):
+        """`PreTrainedModel.from_pretrained`, but strict by default: a checkpoint whose keys do not match the
+        architecture (missing, unexpected or mismatched weights) raises a `ValueError` listing them instead of
+        silently re-initialising; a corrupt weights file raises a `ValueError` naming it. `strict=False`
+        restores transformers' lenient behaviour."""
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        except Exception as error:
+            if type(error).__name__ == "SafetensorError":
+                raise ValueError(f"corrupt or truncated weights file in {pretrained_model_name_or_path}: {error}") from error
+            raise
+        problems = {name: sorted(map(str, info.get(name) or [])) for name in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        if strict and any(problems.values()):
+            details = "; ".join(f"{name.replace('_', ' ')}: {keys[:20]}{' ...' if len(keys) > 20 else ''}" for name, keys in problems.items() if keys)
+            raise ValueError(f"the checkpoint at {pretrained_model_name_or_path} does not match {cls.__name__} ({details})")
+        return (model, info) if output_loading_info else model
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
