@@ -28,7 +28,14 @@ from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
 
-from .configuration_lzn import LZNConfig, LZNImageDecoderConfig, LZNImageEncoderConfig, LZNLabelAnchorsConfig
+from .configuration_lzn import (
+    DECODER_DEFAULTS,
+    ENCODER_DEFAULTS,
+    LZNConfig,
+    LZNImageDecoderConfig,
+    LZNImageEncoderConfig,
+    LZNLabelAnchorsConfig,
+)
 from .latent_flow import anchors_to_latents, latents_to_anchors, nearest_anchor
 from .ncsnpp import GaussianFourierProjection, NCSNppDecoder, NCSNppEncoder, variance_scaling_bound
 from .resnet_gn import ResNetGNEncoder
@@ -186,6 +193,11 @@ class LZNPreTrainedModel(PreTrainedModel):
 # ----------------------------------------------------------------------------------------------------------
 # parts
 # ----------------------------------------------------------------------------------------------------------
+def _config_kwargs(config, names) -> dict:
+    """The config fields `names` as constructor kwargs of the torch modules (lists become tuples)."""
+    return {name: tuple(getattr(config, name)) if isinstance(getattr(config, name), list) else getattr(config, name) for name in names}
+
+
 class LZNImageEncoder(LZNPreTrainedModel):
     """Image -> anchor: NCSN++ down path with multi-scale latent heads, or ResNet-GN with a projection head."""
 
@@ -197,24 +209,8 @@ class LZNImageEncoder(LZNPreTrainedModel):
             self.network = NCSNppEncoder(
                 image_size=config.image_size,
                 in_channels=config.num_channels,
-                nf=config.nf,
-                ch_mult=tuple(config.ch_mult),
-                num_res_blocks=config.num_res_blocks,
-                attn_resolutions=tuple(config.attn_resolutions),
-                dropout=config.dropout,
-                resamp_with_conv=config.resamp_with_conv,
-                fir=config.fir,
-                fir_kernel=tuple(config.fir_kernel),
-                skip_rescale=config.skip_rescale,
-                resblock_type=config.resblock_type,
-                progressive_input=config.progressive_input,
-                progressive_combine=config.progressive_combine,
-                init_scale=config.init_scale,
-                head_channels=config.head_channels,
-                head_hidden_dim=config.head_hidden_dim,
-                head_num_layers=config.head_num_layers,
-                head_resolutions=None if config.head_resolutions is None else tuple(config.head_resolutions),
                 latent_dim=config.latent_dim,
+                **_config_kwargs(config, ENCODER_DEFAULTS["ncsnpp"]),
             )
         else:
             self.network = ResNetGNEncoder(
@@ -262,25 +258,9 @@ class LZNImageDecoder(LZNPreTrainedModel):
         self.network = NCSNppDecoder(
             image_size=config.image_size,
             in_channels=config.num_channels,
-            nf=config.nf,
-            ch_mult=tuple(config.ch_mult),
-            num_res_blocks=config.num_res_blocks,
-            attn_resolutions=tuple(config.attn_resolutions),
-            dropout=config.dropout,
-            resamp_with_conv=config.resamp_with_conv,
-            fir=config.fir,
-            fir_kernel=tuple(config.fir_kernel),
-            skip_rescale=config.skip_rescale,
-            resblock_type=config.resblock_type,
-            progressive=config.progressive,
-            progressive_input=config.progressive_input,
-            progressive_combine=config.progressive_combine,
-            init_scale=config.init_scale,
-            embedding_type=config.embedding_type,
-            fourier_scale=config.fourier_scale,
-            scale_by_sigma=config.scale_by_sigma,
             latent_dim=config.latent_dim,
             num_classes=config.num_classes,
+            **_config_kwargs(config, DECODER_DEFAULTS),
         )
         self.post_init()
 
