@@ -37,6 +37,7 @@ from .configuration_lzn import (
     LZNLabelAnchorsConfig,
 )
 from .latent_flow import anchors_to_latents, latents_to_anchors, nearest_anchor
+from .model_cards import prepare_upload, write_model_card
 from .ncsnpp import GaussianFourierProjection, NCSNppDecoder, NCSNppEncoder, variance_scaling_bound
 from .resnet_gn import ResNetGNEncoder
 
@@ -167,6 +168,22 @@ class LZNPreTrainedModel(PreTrainedModel):
             details = "; ".join(f"{name.replace('_', ' ')}: {keys[:20]}{' ...' if len(keys) > 20 else ''}" for name, keys in problems.items() if keys)
             raise ValueError(f"the checkpoint at {pretrained_model_name_or_path} does not match {cls.__name__} ({details})")
         return (model, info) if output_loading_info else model
+
+    # model card kind written by `save_pretrained` ("model", "classifier"); None: no card (the parts)
+    _lzn_model_card: Optional[str] = None
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`; composite models then add a model card (`README.md`, see
+        `lzn_hf.model_cards`) unless the folder has one. `push_to_hub` uploads it (keeping a card on the Hub)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self._lzn_model_card and kwargs.get("is_main_process", True):
+            write_model_card(save_directory, kind=self._lzn_model_card, overwrite=False)
+
+    def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
+        # transformers' push paths write a placeholder card just before this call: put lzn_hf's card in its place.
+        if self._lzn_model_card:
+            prepare_upload(working_dir, repo_id)
+        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -439,6 +456,7 @@ class LZNModel(LZNLatentSpaceMixin, LZNPreTrainedModel):
     """
 
     config_class = LZNConfig
+    _lzn_model_card = "model"
 
     def __init__(self, config: LZNConfig):
         super().__init__(config)
@@ -483,6 +501,7 @@ class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
     """
 
     config_class = LZNConfig
+    _lzn_model_card = "classifier"
     _keys_to_ignore_on_load_unexpected = [r"image_decoder\..*"]
 
     def __init__(self, config: LZNConfig):

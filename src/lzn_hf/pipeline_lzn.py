@@ -17,6 +17,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
+from .model_cards import prepare_upload, write_model_card
 from .modeling_lzn import LZNImageDecoder, LZNLabelAnchors
 
 __all__ = ["LZNPipeline", "upstream_sigmas"]
@@ -59,6 +60,20 @@ class LZNPipeline(DiffusionPipeline):
         scheduler = FlowMatchEulerDiscreteScheduler() if scheduler is None else scheduler
         self.register_modules(image_decoder=image_decoder, scheduler=scheduler, label_anchors=label_anchors)
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_normalize=True)
+
+    # ------------------------------------------------------------------------------------------------------
+    # saving: a model card beside the components
+    # ------------------------------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`DiffusionPipeline.save_pretrained`, then a model card (`README.md`, see `lzn_hf.model_cards`)
+        unless the folder already has one. `push_to_hub` uploads lzn_hf's card too (keeping one already on the Hub)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_model_card(save_directory, kind="pipeline", overwrite=False)
+
+    def _upload_folder(self, working_dir, repo_id, *args, **kwargs):
+        # diffusers' push paths write a placeholder card just before this call: put lzn_hf's card in its place.
+        prepare_upload(working_dir, repo_id)
+        return super()._upload_folder(working_dir, repo_id, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------------
     # labels

@@ -1,0 +1,305 @@
+#!/usr/bin/env python
+"""Case study 1 of Latent Zoning Networks: rectified-flow image generation conditioned on an LZN latent.
+
+The image encoder's latent carries information about the image to the decoder, and is trained only through
+the decoder's rectified-flow loss (lzn-method.md §3.1). Each step:
+
+    anchors = encoder(x)                      [B, d], gathered over processes -> reference anchors [N, d]
+    latents = forward flow(anchors, noise)    image latents (zones of the global batch), with gradients
+    L_RF    = || decoder(x_sigma, sigma, latents[, y]) - (noise - x) ||^2
+
+Sampling needs no encoder: the latent space is N(0, I) by construction. A decoder with `num_classes > 0` is
+also given the class label (class-conditional RF + LZN latent; its label anchors are not trained here, the
+samples draw the latent from N(0, I)). `--without_lzn_latent` trains the plain RF baseline (zero latent).
+
+    accelerate launch examples/train_generation.py --config cifar10-generation          # the paper, CIFAR-10
+    accelerate launch examples/train_generation.py --config afhq-cat-generation --train_data_dir afhq/cat
+    python examples/train_generation.py --config tiny-generation --dataset_name digits --max_train_steps 500
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from torch import nn
+from tqdm.auto import tqdm
+
+from lzn_hf import LZNModel
+from lzn_hf.latent_flow import gather_anchors
+from lzn_hf.training_utils import (
+    RF_T_MIN,
+    EpochShuffleSampler,
+    ModuleEMA,
+    RunningMeans,
+    TrainingCounters,
+    TrainingHistory,
+    add_training_args,
+    all_processes_finite,
+    finalize_training_args,
+    global_to_local_batch_size,
+    iterate_batches,
+    linear_warmup,
+    load_lzn_config,
+    load_training_data,
+    make_accelerator,
+    module_param_groups,
+    push_folder_to_hub,
+    rank_rand,
+    rank_randn,
+    random_flip,
+    rectified_flow_loss,
+    register_checkpoint_hooks,
+    resume_from_checkpoint,
+    resume_position,
+    save_checkpoint,
+    save_image_grid,
+    save_model_folder,
+    save_training_curves,
+    step_generator,
+    tracker_config,
+    trainable_parameters,
+    write_model_card,
+)
+
+logger = get_logger(__name__, log_level="INFO")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_training_args(parser, default_config="cifar10-generation", default_output_dir="lzn-generation")
+    generation = parser.add_argument_group("case study 1")
+    generation.add_argument("--without_lzn_latent", action="store_true",
+                            help="baseline: the decoder gets a zero latent and no encoder is trained (plain rectified flow).")
+    generation.add_argument("--num_samples", type=int, default=64, help="images in samples.png (per class for conditional decoders: 8).")
+    generation.add_argument("--num_inference_steps", type=int, default=10, help="decoder Euler steps when sampling.")
+    return finalize_training_args(parser.parse_args(argv))
+
+
+class GenerationTrainingModule(nn.Module):
+    """Case study 1's loss in one module, so that DistributedDataParallel wraps a single forward."""
+
+    def __init__(self, lzn: LZNModel, use_lzn_latent: bool = True):
+        super().__init__()
+        self.lzn = lzn
+        self.use_lzn_latent = use_lzn_latent
+
+    def forward(self, pixel_values, latent_noise, image_noise, sigmas, labels=None):
+        lzn = self.lzn
+        if self.use_lzn_latent:
+            anchors = lzn.get_image_anchors(pixel_values)  # [B, d]
+            with torch.autocast(pixel_values.device.type, enabled=False):  # the latent flow stays in float32
+                reference_anchors = gather_anchors(anchors.float())  # [N, d]: every process's anchors, with gradients
+                if not torch.isfinite(reference_anchors).all():  # same decision on every rank; the loop skips the step
+                    return reference_anchors.sum() * float("nan")
+                latents = lzn.get_image_latents(anchors=anchors.float(), noise=latent_noise, reference_anchors=reference_anchors)
+        else:
+            latents = torch.zeros_like(latent_noise)  # [B, d]
+        return rectified_flow_loss(lzn.image_decoder, pixel_values, latents, image_noise, sigmas, class_labels=labels)
+
+
+def main(args):
+    start_time = time.time()
+    output_dir = Path(args.output_dir)
+    accelerator = make_accelerator(args)
+    logger.info(accelerator.state, main_process_only=False)
+    set_seed(args.seed)
+
+    config = load_lzn_config(args.config, args.image_flow_solver, args.image_flow_num_steps)
+    if config.image_decoder_config is None:
+        raise ValueError(f"--config {args.config!r} has no image decoder")
+    conditional = config.image_decoder_config.num_classes > 0
+    resolution, num_channels = config.image_decoder_config.image_size, config.image_decoder_config.num_channels
+    if args.resolution not in (None, resolution):
+        raise ValueError(f"--resolution {args.resolution}: the config's NCSN++ models take {resolution}x{resolution} images")
+    train_dataset, _, class_names = load_training_data(args, resolution, num_channels, with_test=False)
+    if conditional and (class_names is None or len(class_names) != config.image_decoder_config.num_classes):
+        found = "no labels" if class_names is None else f"{len(class_names)} classes"
+        raise ValueError(f"the decoder of --config {args.config!r} takes {config.image_decoder_config.num_classes} classes; the data has {found}")
+    batch_size = global_to_local_batch_size(args, accelerator.num_processes)
+    if len(train_dataset) < batch_size * accelerator.num_processes:
+        raise ValueError(f"{len(train_dataset)} training images are fewer than one global batch ({batch_size} x {accelerator.num_processes})")
+    model = LZNModel(config)
+    if model.label_anchors is not None:
+        model.label_anchors.requires_grad_(False)  # not trained in case study 1 (see train_joint.py)
+    if args.without_lzn_latent:
+        model.image_encoder.requires_grad_(False)
+    training_module = GenerationTrainingModule(model, use_lzn_latent=not args.without_lzn_latent)
+    ema = ModuleEMA(model, args.ema_decay, parts=("image_decoder",) if args.without_lzn_latent else ("image_encoder", "image_decoder"))
+
+    optimizer = torch.optim.Adam(
+        module_param_groups({
+            "image_encoder": (None if args.without_lzn_latent else model.image_encoder, args.learning_rate_encoder),
+            "image_decoder": (model.image_decoder, args.learning_rate_decoder),
+        }),
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.adam_weight_decay,
+    )
+    lr_scheduler = linear_warmup(optimizer, args.lr_warmup_steps * accelerator.num_processes)
+    sampler = EpochShuffleSampler(len(train_dataset), seed=args.seed)
+    train_dataloader = torch.utils.data.DataLoader(
+        train_dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=args.dataloader_num_workers
+    )
+    counters = TrainingCounters(skipped_steps=0)
+    register_checkpoint_hooks(accelerator, ema, LZNModel)
+    accelerator.register_for_checkpointing(counters)
+    training_module, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(training_module, optimizer, train_dataloader, lr_scheduler)
+    ema.to(accelerator.device)
+    if accelerator.is_main_process and args.report_to:
+        accelerator.init_trackers("lzn_train_generation", config=tracker_config(args))
+
+    global_step = resume_from_checkpoint(accelerator, args.resume_from_checkpoint, output_dir)
+    first_epoch, batches_to_skip = resume_position(global_step, len(train_dataloader), args.gradient_accumulation_steps)
+    logger.info(f"***** training: updates {global_step} -> {args.max_train_steps}, global batch {batch_size} x "
+                f"{accelerator.num_processes} processes, {len(train_dataset)} images *****")
+    history = TrainingHistory(output_dir / args.logging_dir / "history.jsonl")
+    progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    running, micro_step, bad_update = RunningMeans(), 0, False
+    steps_at_start, train_start = global_step, time.time()
+    for batch in iterate_batches(accelerator, train_dataloader, sampler, first_epoch, batches_to_skip):
+        if global_step >= args.max_train_steps:
+            break
+        with accelerator.accumulate(training_module):
+            pixel_values = batch["pixel_values"]
+            generator = step_generator(args.seed, global_step * args.gradient_accumulation_steps + micro_step, accelerator.device)
+            local = pixel_values.shape[0]
+            if args.random_flip:
+                pixel_values = random_flip(pixel_values, rank_rand([local], generator, rank, world))
+            latent_noise = rank_randn([local, config.latent_dim], generator, rank, world)
+            image_noise = rank_randn(pixel_values.shape, generator, rank, world)
+            sigmas = (1.0 - RF_T_MIN) * rank_rand([local], generator, rank, world)  # sigma = 1 - t, t ~ U[1e-3, 1]
+            loss = training_module(pixel_values, latent_noise, image_noise, sigmas, batch["labels"] if conditional else None)
+            if all_processes_finite(accelerator, loss):
+                accelerator.backward(loss)
+                running.add(loss=loss)
+            else:
+                bad_update = True
+            grad_norm = None
+            if accelerator.sync_gradients:
+                if not bad_update:
+                    grad_norm = accelerator.clip_grad_norm_(trainable_parameters(model), args.max_grad_norm)
+                    bad_update = not torch.isfinite(grad_norm).item()
+                if not bad_update:
+                    optimizer.step()
+                    lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        micro_step += 1
+        if not accelerator.sync_gradients:
+            continue
+
+        if bad_update:
+            counters["skipped_steps"] += 1
+            logger.warning(f"update {global_step + 1}: non-finite loss or gradient norm on some process, skipped")
+        else:
+            ema.step(model)
+        global_step += 1
+        micro_step, bad_update = 0, False
+        progress_bar.update(1)
+        if global_step % args.logging_steps == 0 or global_step == args.max_train_steps:
+            logs = running.reduce(accelerator)
+            if grad_norm is not None:
+                logs["grad_norm"] = grad_norm.item()
+            logs.update({f"lr/{group['name']}": lr for group, lr in zip(optimizer.param_groups, lr_scheduler.get_last_lr())})
+            logs["skipped_steps"] = counters["skipped_steps"]
+            accelerator.log(logs, step=global_step)
+            if accelerator.is_main_process:
+                history.append(global_step, logs)
+            if "loss" in logs:
+                progress_bar.set_postfix(loss=f"{logs['loss']:.4f}")
+        if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+    progress_bar.close()
+    train_time = time.time() - train_start
+    if args.checkpointing_steps and global_step % args.checkpointing_steps and global_step > steps_at_start:
+        save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        metrics = {"train_updates": global_step - steps_at_start, "train_wall_time_s": train_time,
+                   "seconds_per_update": train_time / max(1, global_step - steps_at_start),
+                   "skipped_steps": counters["skipped_steps"], "num_processes": world}
+        ema_model = ema.averaged_model(accelerator.unwrap_model(training_module).lzn).cpu()
+        export(args, ema_model, class_names if conditional else None, history, metrics, start_time)
+    accelerator.end_training()
+    if args.push_to_hub and accelerator.is_main_process:
+        try:
+            repo_id = push_folder_to_hub(output_dir, args.hub_model_id, args.hub_token, args.hub_private_repo,
+                                         commit_message=f"LZN case study 1, update {global_step}")
+            logger.info(f"pushed {output_dir} to https://huggingface.co/{repo_id}")
+        except RuntimeError as error:
+            logger.error(str(error))
+            sys.exit(1)
+
+
+def export(args, ema_model, class_names, history, metrics, start_time):
+    """The EMA `LZNModel` (`model/`), the `LZNPipeline` (`pipeline/`), model cards, samples.png, curves, metrics.json."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from lzn_hf.pipeline_lzn import LZNPipeline
+
+    output_dir = Path(args.output_dir)
+    save_model_folder(ema_model, output_dir / "model")
+    pipeline = LZNPipeline(image_decoder=ema_model.image_decoder, label_anchors=ema_model.label_anchors, scheduler=FlowMatchEulerDiscreteScheduler())
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.save_pretrained(output_dir / "pipeline")
+
+    generator = torch.Generator().manual_seed(args.seed)
+    if not args.skip_evaluation:
+        latent_dim = ema_model.config.latent_dim
+        if class_names is None:
+            count = args.num_samples
+            lzn_latents = torch.zeros(count, latent_dim) if args.without_lzn_latent else None
+            images = pipeline(num_images=count, lzn_latents=lzn_latents, generator=generator,
+                              num_inference_steps=args.num_inference_steps, output_type="np").images
+            columns = max(1, int(count**0.5))
+            rows, labels = [images[i : i + columns] for i in range(0, count, columns)], None
+        else:  # one row per class; latents from N(0, I) (the label anchors are not trained by this script)
+            per_class, num_classes = 8, len(class_names)
+            lzn_latents = torch.randn(per_class * num_classes, latent_dim, generator=generator)
+            if args.without_lzn_latent:
+                lzn_latents.zero_()
+            images = pipeline(labels=list(range(num_classes)), num_images_per_label=per_class, lzn_latents=lzn_latents,
+                              generator=generator, num_inference_steps=args.num_inference_steps, output_type="np").images
+            rows, labels = [images[c * per_class : (c + 1) * per_class] for c in range(num_classes)], class_names
+        save_image_grid(rows, output_dir / "samples.png", row_labels=labels)
+    save_training_curves(history.read(), output_dir / "training_curves.png", keys=["loss", "grad_norm", "lr/image_decoder"],
+                         title="LZN case study 1")
+    metrics.update(total_wall_time_s=time.time() - start_time, config=args.config, seed=args.seed,
+                   without_lzn_latent=args.without_lzn_latent)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    repo = args.hub_model_id or output_dir.resolve().name
+    dataset = "digits" if args.train_data_dir is None and args.dataset_name == "digits" else (args.dataset_name or "imagefolder")
+    training = {"script": "examples/train_generation.py", "config": args.config, "steps": args.max_train_steps,
+                "global batch": args.global_batch_size, "seed": args.seed, "EMA decay": args.ema_decay,
+                "learning rates (encoder / decoder)": f"{args.learning_rate_encoder} / {args.learning_rate_decoder}",
+                "LZN latent": not args.without_lzn_latent}
+    common = dict(datasets=[dataset], dataset_name=dataset, tags=["case-study-1"], training=training)
+    download = f'from huggingface_hub import snapshot_download\n\nfolder = snapshot_download("{repo}")  # or the local output folder\n'
+    call = "labels=[0, 1], num_images_per_label=4" if class_names else "num_images=4"
+    write_model_card(output_dir, f"{repo}: LZN image generation",
+                     "Rectified-flow image generation with a Latent Zoning Network latent (case study 1 of Lin et al.). "
+                     "Folders: `model/` (`LZNModel`, EMA weights), `pipeline/` (`LZNPipeline`).",
+                     pipeline_tag="unconditional-image-generation", **common,
+                     usage=download + f"from lzn_hf.pipeline_lzn import LZNPipeline\n\npipe = LZNPipeline.from_pretrained(f\"{{folder}}/pipeline\")\n"
+                                      f"images = pipe({call}).images")
+    write_model_card(output_dir / "pipeline", "LZN generation pipeline", "N(0, I) latent -> rectified-flow decoder -> image.",
+                     pipeline_tag="unconditional-image-generation", **common,
+                     usage=download + f"from lzn_hf.pipeline_lzn import LZNPipeline\n\npipe = LZNPipeline.from_pretrained(f\"{{folder}}/pipeline\")\n"
+                                      f"images = pipe({call}).images")
+    write_model_card(output_dir / "model", "LZN generation model (EMA weights)",
+                     "Image encoder (image -> anchor -> latent) and rectified-flow decoder of a Latent Zoning Network.",
+                     pipeline_tag="image-feature-extraction", **common,
+                     usage=f'from lzn_hf import LZNModel\n\nmodel = LZNModel.from_pretrained("{repo}", subfolder="model")')
+    print(f"LZN case study 1 ({args.config}) -> {output_dir}: " + ", ".join(
+        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,408 @@
+#!/usr/bin/env python
+"""Case study 3 of Latent Zoning Networks: joint class-conditional generation and classification.
+
+One image encoder, one rectified-flow image decoder and a table of label anchors share one latent space
+(lzn-method.md §3.3). Each step:
+
+    anchors   = encoder(x)                         [B, d], gathered over processes -> reference anchors [N, d]
+    latents   = forward flow(anchors, noise)       the image latents (zones of the global batch)
+    L_RF      = || decoder(x_sigma, sigma, latents, y) - (noise - x) ||^2
+    L_label   = -mean_b max_{k >= cut-off} p_k(y_b | latent_b)   reverse label flow, global class weights
+    loss      = L_RF + L_label
+
+With no arguments it trains the CPU demo (preset and recipe `digits-joint`: scikit-learn's 8x8 digits,
+offline) and writes to `lzn-digits-joint/`: the EMA `LZNModel` (`model/`), the `LZNPipeline` (`pipeline/`),
+the classifier with its anchor bank (`classifier/`), model cards, `samples.png`, `training_curves.png` and
+`metrics.json`.
+
+    accelerate launch examples/train_joint.py
+    accelerate launch examples/train_joint.py --config cifar10-joint            # the paper's case study 3
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \\
+        --mixed_precision no --dynamo_backend no examples/train_joint.py      # two CPU processes (gloo)
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from torch import nn
+from tqdm.auto import tqdm
+
+from lzn_hf import LZNForImageClassification, LZNModel
+from lzn_hf.latent_flow import gather_anchors, latents_to_anchors
+from lzn_hf.training_utils import (
+    RF_T_MIN,
+    EpochShuffleSampler,
+    ModuleEMA,
+    RunningMeans,
+    TrainingCounters,
+    TrainingHistory,
+    add_training_args,
+    all_processes_finite,
+    batch_mode_accuracy,
+    finalize_training_args,
+    fit_pixel_judge,
+    freeze_module,
+    global_class_weights,
+    global_to_local_batch_size,
+    iterate_batches,
+    label_alignment_loss,
+    linear_warmup,
+    load_lzn_config,
+    load_training_data,
+    make_accelerator,
+    module_param_groups,
+    push_folder_to_hub,
+    rank_rand,
+    rank_randn,
+    random_flip,
+    rectified_flow_loss,
+    register_checkpoint_hooks,
+    resume_from_checkpoint,
+    resume_position,
+    save_checkpoint,
+    save_image_grid,
+    save_model_folder,
+    save_training_curves,
+    step_generator,
+    stack_dataset,
+    tracker_config,
+    train_cross_entropy_classifier,
+    trainable_parameters,
+    write_model_card,
+)
+
+logger = get_logger(__name__, log_level="INFO")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_training_args(parser, default_config="digits-joint", default_output_dir="lzn-digits-joint")
+    joint = parser.add_argument_group("case study 3")
+    joint.add_argument("--decoder_freeze_step", type=int, default=None,
+                       help="freeze the decoder after this many updates (paper: 60k of 200k); encoder and label anchors go on.")
+    joint.add_argument("--rf_loss_weight", type=float, default=1.0)
+    joint.add_argument("--label_loss_weight", type=float, default=1.0)
+    evaluation = parser.add_argument_group("end-of-training evaluation")
+    evaluation.add_argument("--num_samples_per_class", type=int, default=10, help="columns of samples.png.")
+    evaluation.add_argument("--judge_samples_per_class", type=int, default=100,
+                            help="class-conditional samples per class labelled by the independent classifier.")
+    evaluation.add_argument("--num_inference_steps", type=int, default=10, help="decoder Euler steps when sampling.")
+    evaluation.add_argument("--ce_ceiling_steps", type=int, default=1000,
+                            help="steps of the cross-entropy classifier with the same encoder (0 = skip).")
+    evaluation.add_argument("--max_eval_samples", type=int, default=10_000,
+                            help="images of each split used for the anchor bank, the judge and the ceiling.")
+    parser.add_argument("--debug_nonfinite_steps", type=int, nargs="*", default=[], help=argparse.SUPPRESS)
+    return finalize_training_args(parser.parse_args(argv))
+
+
+class JointTrainingModule(nn.Module):
+    """Case study 3's losses in one module, so that DistributedDataParallel wraps a single forward."""
+
+    def __init__(self, lzn: LZNModel):
+        super().__init__()
+        self.lzn = lzn
+
+    def forward(self, pixel_values, labels, latent_noise, image_noise, sigmas, class_weights):
+        lzn = self.lzn
+        anchors = lzn.get_image_anchors(pixel_values)  # [B, d]
+        with torch.autocast(pixel_values.device.type, enabled=False):  # the latent flows stay in float32
+            anchors = anchors.float()
+            reference_anchors = gather_anchors(anchors)  # [N, d]: every process's anchors, with gradients
+            if not torch.isfinite(reference_anchors).all():  # same decision on every rank; the loop skips the step
+                nan = reference_anchors.sum() * float("nan")
+                return nan, nan, nan.detach()
+            latents = lzn.get_image_latents(anchors=anchors, noise=latent_noise, reference_anchors=reference_anchors)  # [B, d]
+            _, posteriors = latents_to_anchors(
+                latents, lzn.label_anchors.anchors, num_steps=lzn.config.label_anchors_config.flow_num_steps, weights=class_weights
+            )  # [S, B, C]
+            label_loss = label_alignment_loss(posteriors, labels, lzn.config.label_loss_cutoff)
+        rf_loss = rectified_flow_loss(lzn.image_decoder, pixel_values, latents, image_noise, sigmas, class_labels=labels)
+        accuracy = (posteriors[-1].argmax(-1) == labels).float().mean().detach()  # label decoder on training latents
+        return rf_loss, label_loss, accuracy
+
+
+def main(args):
+    start_time = time.time()
+    output_dir = Path(args.output_dir)
+    accelerator = make_accelerator(args, find_unused_parameters=args.decoder_freeze_step is not None)
+    logger.info(accelerator.state, main_process_only=False)
+    set_seed(args.seed)  # the same initial weights on every process
+
+    # model and data
+    config = load_lzn_config(args.config, args.image_flow_solver, args.image_flow_num_steps)
+    if config.image_decoder_config is None or config.label_anchors_config is None or config.image_decoder_config.num_classes == 0:
+        raise ValueError(f"--config {args.config!r} needs an image decoder with num_classes > 0 and label anchors (case study 3)")
+    resolution, num_channels = config.image_encoder_config.image_size, config.image_encoder_config.num_channels
+    if args.resolution not in (None, resolution):
+        raise ValueError(f"--resolution {args.resolution}: the config's NCSN++ models take {resolution}x{resolution} images")
+    train_dataset, test_dataset, class_names = load_training_data(args, resolution, num_channels)
+    num_classes = config.num_classes
+    if class_names is None:
+        raise ValueError("case study 3 needs labelled data (class sub-folders of --train_data_dir, or a label column)")
+    if len(class_names) != num_classes:
+        raise ValueError(f"the data has {len(class_names)} classes but --config {args.config!r} has {num_classes} label anchors")
+    if [config.label_anchors_config.id2label[i] for i in range(num_classes)] == [str(i) for i in range(num_classes)]:
+        config.label_anchors_config.id2label = dict(enumerate(class_names))  # name the classes after the data
+        config.label_anchors_config.label2id = {name: i for i, name in enumerate(class_names)}
+        config.id2label, config.label2id = dict(config.label_anchors_config.id2label), dict(config.label_anchors_config.label2id)
+    batch_size = global_to_local_batch_size(args, accelerator.num_processes)
+    if len(train_dataset) < batch_size * accelerator.num_processes:
+        raise ValueError(f"{len(train_dataset)} training images are fewer than one global batch ({batch_size} x {accelerator.num_processes})")
+    model = LZNModel(config)
+    training_module = JointTrainingModule(model)
+    ema = ModuleEMA(model, args.ema_decay)
+    num_parameters = {name: sum(p.numel() for p in getattr(model, name).parameters()) for name in ema.parts}
+    logger.info(f"parameters: {num_parameters}")
+
+    optimizer = torch.optim.Adam(
+        module_param_groups({
+            "image_encoder": (model.image_encoder, args.learning_rate_encoder),
+            "image_decoder": (model.image_decoder, args.learning_rate_decoder),
+            "label_anchors": (model.label_anchors, args.learning_rate_label_anchors),
+        }),
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.adam_weight_decay,
+    )
+    # Accelerate steps a prepared scheduler once per process per update: count the warm-up in those steps
+    lr_scheduler = linear_warmup(optimizer, args.lr_warmup_steps * accelerator.num_processes)
+    sampler = EpochShuffleSampler(len(train_dataset), seed=args.seed)
+    train_dataloader = torch.utils.data.DataLoader(
+        train_dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=args.dataloader_num_workers
+    )
+    counters = TrainingCounters(skipped_steps=0)
+    register_checkpoint_hooks(accelerator, ema, LZNModel)
+    accelerator.register_for_checkpointing(counters)
+    training_module, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(training_module, optimizer, train_dataloader, lr_scheduler)
+    ema.to(accelerator.device)
+    if accelerator.is_main_process and args.report_to:
+        accelerator.init_trackers("lzn_train_joint", config=tracker_config(args))
+
+    # resume: weights, EMA, optimizer, scheduler, RNG states and counters; the data position follows from the step
+    global_step = resume_from_checkpoint(accelerator, args.resume_from_checkpoint, output_dir)
+    first_epoch, batches_to_skip = resume_position(global_step, len(train_dataloader), args.gradient_accumulation_steps)
+    frozen = set()
+    if args.decoder_freeze_step is not None and global_step >= args.decoder_freeze_step:
+        freeze_module(model.image_decoder)
+        frozen.add("image_decoder")
+
+    logger.info(f"***** training: updates {global_step} -> {args.max_train_steps}, global batch {batch_size} x "
+                f"{accelerator.num_processes} processes, {len(train_dataset)} images *****")
+    history = TrainingHistory(output_dir / args.logging_dir / "history.jsonl")
+    progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    running, micro_step, bad_update = RunningMeans(), 0, False
+    steps_at_start, train_start = global_step, time.time()
+    for batch in iterate_batches(accelerator, train_dataloader, sampler, first_epoch, batches_to_skip):
+        if global_step >= args.max_train_steps:
+            break
+        with accelerator.accumulate(training_module):
+            pixel_values, labels = batch["pixel_values"], batch["labels"]
+            # every draw is a function of (seed, micro-batch, place in the global batch): resumable, world-size-free
+            generator = step_generator(args.seed, global_step * args.gradient_accumulation_steps + micro_step, accelerator.device)
+            local = pixel_values.shape[0]
+            if args.random_flip:
+                pixel_values = random_flip(pixel_values, rank_rand([local], generator, rank, world))
+            latent_noise = rank_randn([local, config.latent_dim], generator, rank, world)
+            image_noise = rank_randn(pixel_values.shape, generator, rank, world)
+            sigmas = (1.0 - RF_T_MIN) * rank_rand([local], generator, rank, world)  # sigma = 1 - t, t ~ U[1e-3, 1]
+            class_weights = global_class_weights(accelerator, labels, num_classes)
+            rf_loss, label_loss, accuracy = training_module(pixel_values, labels, latent_noise, image_noise, sigmas, class_weights)
+            loss = args.rf_loss_weight * rf_loss + args.label_loss_weight * label_loss
+            if global_step + 1 in args.debug_nonfinite_steps and rank == world - 1:
+                loss = loss * float("nan")  # test hook: a non-finite loss on one process only
+            if all_processes_finite(accelerator, loss):
+                accelerator.backward(loss)
+                running.add(loss=loss, rf_loss=rf_loss, label_loss=label_loss, train_accuracy=accuracy)
+            else:
+                bad_update = True  # every process drops the whole update
+            grad_norm = None
+            if accelerator.sync_gradients:
+                if not bad_update:
+                    grad_norm = accelerator.clip_grad_norm_(trainable_parameters(model), args.max_grad_norm)
+                    bad_update = not torch.isfinite(grad_norm).item()
+                if not bad_update:
+                    optimizer.step()
+                    lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        micro_step += 1
+        if not accelerator.sync_gradients:
+            continue
+
+        # one update done
+        if bad_update:
+            counters["skipped_steps"] += 1
+            logger.warning(f"update {global_step + 1}: non-finite loss or gradient norm on some process, skipped")
+        else:
+            ema.step(model, skip=frozen)
+        global_step += 1
+        micro_step, bad_update = 0, False
+        progress_bar.update(1)
+        if args.decoder_freeze_step is not None and global_step == args.decoder_freeze_step:
+            freeze_module(model.image_decoder)
+            frozen.add("image_decoder")
+            logger.info(f"update {global_step}: decoder frozen; the encoder and the label anchors keep training")
+        if global_step % args.logging_steps == 0 or global_step == args.max_train_steps:
+            logs = running.reduce(accelerator)
+            if grad_norm is not None:
+                logs["grad_norm"] = grad_norm.item()
+            logs.update({f"lr/{group['name']}": lr for group, lr in zip(optimizer.param_groups, lr_scheduler.get_last_lr())})
+            logs.update(skipped_steps=counters["skipped_steps"], ema_decay=ema.averages["image_encoder"].effective_decay())
+            accelerator.log(logs, step=global_step)
+            if accelerator.is_main_process:
+                history.append(global_step, logs)
+            if "loss" in logs:
+                progress_bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['train_accuracy']:.2f}")
+        if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+    progress_bar.close()
+    train_time = time.time() - train_start
+    if args.checkpointing_steps and global_step % args.checkpointing_steps and global_step > steps_at_start:
+        save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)  # a resumable end state
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        timing = {"train_updates": global_step - steps_at_start, "train_wall_time_s": train_time,
+                  "seconds_per_update": train_time / max(1, global_step - steps_at_start), "skipped_steps": counters["skipped_steps"],
+                  "num_processes": world, "global_batch_size": batch_size * world}
+        ema_model = ema.averaged_model(accelerator.unwrap_model(training_module).lzn).cpu()
+        export_and_evaluate(args, ema_model, train_dataset, test_dataset, history, timing, start_time)
+    accelerator.end_training()
+    if args.push_to_hub and accelerator.is_main_process:
+        try:
+            repo_id = push_folder_to_hub(output_dir, args.hub_model_id, args.hub_token, args.hub_private_repo,
+                                         commit_message=f"LZN case study 3, update {global_step}")
+            logger.info(f"pushed {output_dir} to https://huggingface.co/{repo_id}")
+        except RuntimeError as error:
+            logger.error(str(error))
+            sys.exit(1)
+
+
+def export_and_evaluate(args, ema_model, train_dataset, test_dataset, history, timing, start_time):
+    """Save the EMA LZNModel (`model/`), the pipeline (`pipeline/`), the classifier (`classifier/`), cards, PNGs, metrics."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from lzn_hf.pipeline_lzn import LZNPipeline
+
+    output_dir = Path(args.output_dir)
+    torch.manual_seed(args.seed)
+    ema_model.eval()
+    save_model_folder(ema_model, output_dir / "model")
+    pipeline = LZNPipeline(image_decoder=ema_model.image_decoder, label_anchors=ema_model.label_anchors, scheduler=FlowMatchEulerDiscreteScheduler())
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.save_pretrained(output_dir / "pipeline")
+
+    train_images, train_labels = stack_dataset(train_dataset, args.max_eval_samples)
+    classifier = LZNForImageClassification.from_pretrained(output_dir / "model").eval()
+    classifier.build_anchor_bank(train_images, batch_size=args.global_batch_size)
+    save_model_folder(classifier, output_dir / "classifier")
+
+    metrics, num_classes = {}, ema_model.config.num_classes
+    class_names = [ema_model.config.label_anchors_config.id2label[i] for i in range(num_classes)]
+    generator = torch.Generator().manual_seed(args.seed)
+    grid_labels = list(range(num_classes))
+    if not args.skip_evaluation:
+        eval_start = time.time()
+        if test_dataset is not None:
+            test_images, test_labels = stack_dataset(test_dataset, args.max_eval_samples)
+            with torch.no_grad():
+                for noise in ("zero", "random"):
+                    metrics[f"accuracy/batch_mode_{noise}_noise"] = batch_mode_accuracy(
+                        classifier, test_images, test_labels, args.global_batch_size, noise=noise, filler=train_images, seed=args.seed)
+                predictions = torch.cat([classifier(chunk).logits.argmax(-1) for chunk in test_images.split(512)])
+                metrics["accuracy/anchor_bank"] = (predictions == test_labels).float().mean().item()
+            if args.ce_ceiling_steps > 0:
+                predict = train_cross_entropy_classifier(ema_model.config.image_encoder_config, train_images, train_labels, num_classes,
+                                                         num_steps=args.ce_ceiling_steps, batch_size=args.global_batch_size, seed=args.seed)
+                metrics["accuracy/cross_entropy_ceiling"] = (predict(test_images) == test_labels).float().mean().item()
+        if args.judge_samples_per_class > 0:
+            judge = fit_pixel_judge(train_images, train_labels)
+            if test_dataset is not None:
+                metrics["judge/accuracy_on_real_test_images"] = float(
+                    judge.score(((test_images + 1) / 2).reshape(len(test_images), -1).numpy(), test_labels.numpy()))
+            samples = pipeline(labels=grid_labels, num_images_per_label=args.judge_samples_per_class, generator=generator,
+                               num_inference_steps=args.num_inference_steps, output_type="np").images  # [C * K, H, W, ch] in [0, 1]
+            wanted = torch.arange(num_classes).repeat_interleave(args.judge_samples_per_class).numpy()
+            metrics["judge/agreement_with_conditioning_class"] = float((judge.predict(samples.reshape(len(samples), -1)) == wanted).mean())
+        metrics["eval_wall_time_s"] = time.time() - eval_start
+
+    grid = pipeline(labels=grid_labels, num_images_per_label=args.num_samples_per_class, generator=torch.Generator().manual_seed(args.seed),
+                    num_inference_steps=args.num_inference_steps, output_type="np").images
+    save_image_grid([grid[c * args.num_samples_per_class : (c + 1) * args.num_samples_per_class] for c in range(num_classes)],
+                    output_dir / "samples.png", row_labels=class_names)
+    save_training_curves(history.read(), output_dir / "training_curves.png",
+                         keys=["loss", "rf_loss", "label_loss", "train_accuracy", "grad_norm", "lr/image_encoder"], title="LZN case study 3")
+    metrics.update(timing)
+    metrics["total_wall_time_s"] = time.time() - start_time
+    metrics["config"], metrics["seed"], metrics["max_train_steps"] = args.config, args.seed, args.max_train_steps
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_cards(args, metrics)
+    print_summary(args, metrics)
+
+
+def write_cards(args, metrics):
+    """Model cards: the folder overview (README.md at the root) and one per saved model."""
+    output_dir = Path(args.output_dir)
+    repo = args.hub_model_id or output_dir.resolve().name
+    dataset = "digits" if args.train_data_dir is None and args.dataset_name == "digits" else (args.dataset_name or "imagefolder")
+    accuracy = {k: v for k, v in metrics.items() if k.startswith("accuracy/")}
+    judge = {k: v for k, v in metrics.items() if k == "judge/agreement_with_conditioning_class"}
+    training = {"script": "examples/train_joint.py", "config": args.config, "steps": args.max_train_steps,
+                "global batch": args.global_batch_size, "seed": args.seed, "EMA decay": args.ema_decay,
+                "learning rates (encoder / decoder / label anchors)":
+                    f"{args.learning_rate_encoder} / {args.learning_rate_decoder} / {args.learning_rate_label_anchors}"}
+    common = dict(datasets=[dataset], dataset_name=dataset, tags=["case-study-3"], training=training)
+    download = f'from huggingface_hub import snapshot_download\n\nfolder = snapshot_download("{repo}")  # or the local output folder\n'
+    write_model_card(
+        output_dir, f"{repo}: LZN joint generation and classification",
+        "A Latent Zoning Network trained jointly for class-conditional generation and classification (case study 3 "
+        "of Lin et al.). Folders: `model/` (`LZNModel`, EMA weights), `pipeline/` (`LZNPipeline`), `classifier/` "
+        "(`LZNForImageClassification` with its anchor bank). `samples.png`: one row per class.",
+        pipeline_tag="image-classification", metrics={**accuracy, **judge}, **common,
+        usage=download + "from lzn_hf import LZNForImageClassification\nfrom lzn_hf.pipeline_lzn import LZNPipeline\n\n"
+              "pipe = LZNPipeline.from_pretrained(f\"{folder}/pipeline\")\n"
+              "classifier = LZNForImageClassification.from_pretrained(f\"{folder}/classifier\")",
+    )
+    write_model_card(
+        output_dir / "pipeline", "LZN label-conditional generation pipeline",
+        "label -> label anchors -> forward label flow -> LZN latent -> rectified-flow decoder -> image.",
+        pipeline_tag="unconditional-image-generation", metrics=judge, **common,
+        usage=download + "import torch\nfrom lzn_hf.pipeline_lzn import LZNPipeline\n\n"
+              "pipe = LZNPipeline.from_pretrained(f\"{folder}/pipeline\")\n"
+              "images = pipe(labels=[0, 1, 2], num_images_per_label=4, generator=torch.manual_seed(0)).images",
+    )
+    write_model_card(
+        output_dir / "model", "LZN joint model (EMA weights)",
+        "Image encoder, image decoder and label anchors of a Latent Zoning Network trained jointly (case study 3).",
+        pipeline_tag="image-feature-extraction", metrics={**accuracy, **judge}, **common,
+        usage=f'from lzn_hf import LZNModel\n\nmodel = LZNModel.from_pretrained("{repo}", subfolder="model")\n'
+              "anchors = model.get_image_anchors(pixel_values)  # [B, d], pixel_values in [-1, 1]",
+    )
+    write_model_card(
+        output_dir / "classifier", "LZN image classifier",
+        "image -> latent -> reverse flow over the label anchors -> class. The stored bank of training-image anchors "
+        "makes predictions independent of the batch (default); `use_anchor_bank=False` gives upstream's batch mode.",
+        pipeline_tag="image-classification", metrics=accuracy, **common,
+        usage=f'from lzn_hf import LZNForImageClassification\n\n'
+              f'model = LZNForImageClassification.from_pretrained("{repo}", subfolder="classifier")\n'
+              "predictions = model(pixel_values).logits.argmax(-1)",
+    )
+
+
+def print_summary(args, metrics):
+    lines = [f"LZN case study 3 ({args.config}) -> {args.output_dir}"]
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            value = f"{100 * value:.2f} %" if key.startswith(("accuracy/", "judge/")) else f"{value:.3f}"
+        lines.append(f"  {key:<42} {value}")
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,287 @@
+#!/usr/bin/env python
+"""Case study 2 of Latent Zoning Networks: unsupervised representation learning with two augmented views.
+
+The latent of view 1 of each image must land in the zone of view 2 of the same image, among the zones of all
+view-2 anchors of the global batch (lzn-method.md §3.2). Each step:
+
+    a1, a2  = encoder(view1), encoder(view2)       [B, d] each, gathered over processes -> [N, d] each
+    z       = forward flow(a1, 0.45 * noise)       over the view-1 anchors (Euler, 20 steps)
+    P       = reverse flow(z) over the view-2 anchors (Euler, 20 steps): posteriors [S, B, N]
+    L       = -mean_b log max_{k >= cut-off} P[k, b, j*_b]     j*_b = rank * B + b (the same image's view 2)
+
+No negatives list, temperature or auxiliary loss. The representation is the backbone feature
+(`pooler_output`, the 2048-d pooled feature of the ResNet-50-GN); views are SimCLR-style augmentations
+written in torch (`training_utils.simclr_augment`; torchvision is not needed).
+
+    accelerate launch examples/train_representation.py --config imagenet-representation --train_data_dir imagenet/train
+    python examples/train_representation.py --config tiny-representation --dataset_name digits --max_train_steps 300
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from torch import nn
+from tqdm.auto import tqdm
+
+from lzn_hf import LZNModel
+from lzn_hf.latent_flow import gather_anchors, latents_to_anchors
+from lzn_hf.training_utils import (
+    EpochShuffleSampler,
+    ModuleEMA,
+    RunningMeans,
+    TrainingCounters,
+    TrainingHistory,
+    add_training_args,
+    all_processes_finite,
+    assignment_loss,
+    finalize_training_args,
+    global_to_local_batch_size,
+    iterate_batches,
+    linear_warmup,
+    linear_probe_accuracy,
+    load_lzn_config,
+    load_training_data,
+    make_accelerator,
+    module_param_groups,
+    push_folder_to_hub,
+    rank_randn,
+    register_checkpoint_hooks,
+    resume_from_checkpoint,
+    resume_position,
+    save_checkpoint,
+    save_image_grid,
+    save_model_folder,
+    save_training_curves,
+    simclr_augment,
+    stack_dataset,
+    step_generator,
+    tracker_config,
+    trainable_parameters,
+    write_model_card,
+)
+
+logger = get_logger(__name__, log_level="INFO")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_training_args(parser, default_config="imagenet-representation", default_output_dir="lzn-representation")
+    representation = parser.add_argument_group("case study 2")
+    representation.add_argument("--cross_entropy_weight", type=float, default=1.0, help="weight of -log q (paper: 1).")
+    representation.add_argument("--prob_weight", type=float, default=0.0, help="weight of -q (paper: 0).")
+    representation.add_argument("--gradient_checkpointing", action="store_true",
+                                help="recompute each velocity evaluation of the latent flows in backward (upstream does).")
+    representation.add_argument("--crop_min_scale", type=float, default=0.08, help="smallest crop area of the random resized crop.")
+    representation.add_argument("--jitter_strength", type=float, default=1.0, help="SimCLR colour-jitter strength s.")
+    representation.add_argument("--max_eval_samples", type=int, default=10_000, help="images per split for the linear probe.")
+    return finalize_training_args(parser.parse_args(argv))
+
+
+class RepresentationTrainingModule(nn.Module):
+    """Case study 2's loss in one module, so that DistributedDataParallel wraps a single forward."""
+
+    def __init__(self, lzn: LZNModel, cutoff: float, cross_entropy_weight: float, prob_weight: float, gradient_checkpointing: bool):
+        super().__init__()
+        self.lzn = lzn
+        self.cutoff, self.cross_entropy_weight, self.prob_weight = cutoff, cross_entropy_weight, prob_weight
+        self.gradient_checkpointing = gradient_checkpointing
+
+    def forward(self, view1, view2, latent_noise, targets):
+        lzn = self.lzn
+        anchors1, anchors2 = lzn.get_image_anchors(torch.cat([view1, view2])).chunk(2)  # [B, d] each (GroupNorm: no batch coupling)
+        with torch.autocast(view1.device.type, enabled=False):  # the latent flows stay in float32
+            reference1, reference2 = gather_anchors(anchors1.float()), gather_anchors(anchors2.float())  # [N, d] each
+            if not (torch.isfinite(reference1).all() and torch.isfinite(reference2).all()):  # same decision on every rank
+                nan = reference1.sum() * float("nan")
+                return nan, nan.detach()
+            latents = lzn.get_image_latents(anchors=anchors1.float(), noise=latent_noise, reference_anchors=reference1)  # [B, d]
+            _, log_posteriors = latents_to_anchors(
+                latents, reference2, num_steps=lzn.config.image_flow_num_steps, log_posteriors=True,
+                gradient_checkpointing=self.gradient_checkpointing,
+            )  # [S, B, N]
+            loss = assignment_loss(log_posteriors, targets, self.cutoff, self.cross_entropy_weight, self.prob_weight)
+        accuracy = (log_posteriors[-1].argmax(-1) == targets).float().mean().detach()  # upstream's assignment_acc
+        return loss, accuracy
+
+
+def main(args):
+    start_time = time.time()
+    output_dir = Path(args.output_dir)
+    accelerator = make_accelerator(args)
+    logger.info(accelerator.state, main_process_only=False)
+    set_seed(args.seed)
+
+    config = load_lzn_config(args.config, args.image_flow_solver, args.image_flow_num_steps)
+    encoder_config = config.image_encoder_config
+    if encoder_config.encoder_type == "ncsnpp" and args.resolution not in (None, encoder_config.image_size):
+        raise ValueError(f"--resolution {args.resolution}: the config's NCSN++ encoder takes {encoder_config.image_size}x{encoder_config.image_size} images")
+    resolution = args.resolution or encoder_config.image_size
+    train_dataset, test_dataset, _ = load_training_data(args, resolution, encoder_config.num_channels)
+    batch_size = global_to_local_batch_size(args, accelerator.num_processes)
+    if len(train_dataset) < batch_size * accelerator.num_processes:
+        raise ValueError(f"{len(train_dataset)} training images are fewer than one global batch ({batch_size} x {accelerator.num_processes})")
+    model = LZNModel(config)
+    for part in (model.image_decoder, model.label_anchors):  # only the encoder trains in case study 2
+        if part is not None:
+            part.requires_grad_(False)
+    training_module = RepresentationTrainingModule(model, config.label_loss_cutoff, args.cross_entropy_weight, args.prob_weight,
+                                                   args.gradient_checkpointing)
+    ema = ModuleEMA(model, args.ema_decay, parts=("image_encoder",))
+
+    optimizer = torch.optim.Adam(
+        module_param_groups({"image_encoder": (model.image_encoder, args.learning_rate_encoder)}),
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.adam_weight_decay,
+    )
+    lr_scheduler = linear_warmup(optimizer, args.lr_warmup_steps * accelerator.num_processes)
+    sampler = EpochShuffleSampler(len(train_dataset), seed=args.seed)
+    train_dataloader = torch.utils.data.DataLoader(
+        train_dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=args.dataloader_num_workers
+    )
+    counters = TrainingCounters(skipped_steps=0)
+    register_checkpoint_hooks(accelerator, ema, LZNModel)
+    accelerator.register_for_checkpointing(counters)
+    training_module, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(training_module, optimizer, train_dataloader, lr_scheduler)
+    ema.to(accelerator.device)
+    if accelerator.is_main_process and args.report_to:
+        accelerator.init_trackers("lzn_train_representation", config=tracker_config(args))
+
+    global_step = resume_from_checkpoint(accelerator, args.resume_from_checkpoint, output_dir)
+    first_epoch, batches_to_skip = resume_position(global_step, len(train_dataloader), args.gradient_accumulation_steps)
+    logger.info(f"***** training: updates {global_step} -> {args.max_train_steps}, global batch {batch_size} x "
+                f"{accelerator.num_processes} processes, {len(train_dataset)} images *****")
+    history = TrainingHistory(output_dir / args.logging_dir / "history.jsonl")
+    progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    augment = dict(crop_scale=(args.crop_min_scale, 1.0), jitter_strength=args.jitter_strength, process_index=rank, num_processes=world)
+    running, micro_step, bad_update = RunningMeans(), 0, False
+    steps_at_start, train_start = global_step, time.time()
+    for batch in iterate_batches(accelerator, train_dataloader, sampler, first_epoch, batches_to_skip):
+        if global_step >= args.max_train_steps:
+            break
+        with accelerator.accumulate(training_module):
+            pixel_values = batch["pixel_values"]
+            generator = step_generator(args.seed, global_step * args.gradient_accumulation_steps + micro_step, accelerator.device)
+            local = pixel_values.shape[0]
+            view1 = simclr_augment(pixel_values, generator, **augment)
+            view2 = simclr_augment(pixel_values, generator, **augment)
+            latent_noise = rank_randn([local, config.latent_dim], generator, rank, world)  # x prior_noise_scale (0.45) inside
+            targets = rank * local + torch.arange(local, device=pixel_values.device)  # the same image's view-2 anchor
+            loss, accuracy = training_module(view1, view2, latent_noise, targets)
+            if all_processes_finite(accelerator, loss):
+                accelerator.backward(loss)
+                running.add(loss=loss, assignment_accuracy=accuracy)
+            else:
+                bad_update = True
+            grad_norm = None
+            if accelerator.sync_gradients:
+                if not bad_update:
+                    grad_norm = accelerator.clip_grad_norm_(trainable_parameters(model), args.max_grad_norm)
+                    bad_update = not torch.isfinite(grad_norm).item()
+                if not bad_update:
+                    optimizer.step()
+                    lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        micro_step += 1
+        if not accelerator.sync_gradients:
+            continue
+
+        if bad_update:
+            counters["skipped_steps"] += 1
+            logger.warning(f"update {global_step + 1}: non-finite loss or gradient norm on some process, skipped")
+        else:
+            ema.step(model)
+        global_step += 1
+        micro_step, bad_update = 0, False
+        progress_bar.update(1)
+        if global_step % args.logging_steps == 0 or global_step == args.max_train_steps:
+            logs = running.reduce(accelerator)
+            if grad_norm is not None:
+                logs["grad_norm"] = grad_norm.item()
+            logs.update({f"lr/{group['name']}": lr for group, lr in zip(optimizer.param_groups, lr_scheduler.get_last_lr())})
+            logs["skipped_steps"] = counters["skipped_steps"]
+            accelerator.log(logs, step=global_step)
+            if accelerator.is_main_process:
+                history.append(global_step, logs)
+            if "loss" in logs:
+                progress_bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['assignment_accuracy']:.2f}")
+        if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+    progress_bar.close()
+    train_time = time.time() - train_start
+    if args.checkpointing_steps and global_step % args.checkpointing_steps and global_step > steps_at_start:
+        save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        metrics = {"train_updates": global_step - steps_at_start, "train_wall_time_s": train_time,
+                   "seconds_per_update": train_time / max(1, global_step - steps_at_start),
+                   "skipped_steps": counters["skipped_steps"], "num_processes": world}
+        ema_model = ema.averaged_model(accelerator.unwrap_model(training_module).lzn).cpu()
+        export(args, ema_model, train_dataset, test_dataset, history, metrics, start_time)
+    accelerator.end_training()
+    if args.push_to_hub and accelerator.is_main_process:
+        try:
+            repo_id = push_folder_to_hub(output_dir, args.hub_model_id, args.hub_token, args.hub_private_repo,
+                                         commit_message=f"LZN case study 2, update {global_step}")
+            logger.info(f"pushed {output_dir} to https://huggingface.co/{repo_id}")
+        except RuntimeError as error:
+            logger.error(str(error))
+            sys.exit(1)
+
+
+def export(args, ema_model, train_dataset, test_dataset, history, metrics, start_time):
+    """The EMA `LZNModel` (`model/`, with its image processor), a card, example views, curves, metrics.json."""
+    output_dir = Path(args.output_dir)
+    save_model_folder(ema_model, output_dir / "model")
+    train_images, train_labels = stack_dataset(train_dataset, args.max_eval_samples)
+    if not args.skip_evaluation:
+        # what the encoder is trained on: two views of eight images
+        examples = train_images[:8]
+        views = [simclr_augment(examples, torch.Generator().manual_seed(args.seed + k)) for k in range(2)]
+        to01 = lambda x: ((x + 1) / 2).permute(0, 2, 3, 1).numpy()  # noqa: E731
+        save_image_grid([to01(examples), to01(views[0]), to01(views[1])], output_dir / "views.png", row_labels=["image", "view 1", "view 2"])
+        if test_dataset is not None and train_labels is not None:
+            test_images, test_labels = stack_dataset(test_dataset, args.max_eval_samples)
+            if test_labels is not None:
+                metrics["accuracy/linear_probe"] = linear_probe_accuracy(ema_model, train_images, train_labels, test_images, test_labels)
+    save_training_curves(history.read(), output_dir / "training_curves.png", keys=["loss", "assignment_accuracy", "grad_norm", "lr/image_encoder"],
+                         title="LZN case study 2")
+    metrics.update(total_wall_time_s=time.time() - start_time, config=args.config, seed=args.seed)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    repo = args.hub_model_id or output_dir.resolve().name
+    dataset = "digits" if args.train_data_dir is None and args.dataset_name == "digits" else (args.dataset_name or "imagefolder")
+    accuracy = {k: v for k, v in metrics.items() if k.startswith("accuracy/")}
+    training = {"script": "examples/train_representation.py", "config": args.config, "steps": args.max_train_steps,
+                "global batch": args.global_batch_size, "seed": args.seed, "EMA decay": args.ema_decay,
+                "learning rate (encoder)": args.learning_rate_encoder}
+    write_model_card(
+        output_dir, f"{repo}: LZN representation learning",
+        "An image encoder trained without labels as a Latent Zoning Network (case study 2 of Lin et al.): each view's "
+        "latent is classified among the other views' zones. The representation is the backbone feature "
+        "(`pooler_output`). `model/` holds the `LZNModel` (EMA weights) and its image processor.",
+        pipeline_tag="image-feature-extraction", datasets=[dataset], dataset_name=dataset, metrics=accuracy, tags=["case-study-2"],
+        training=training,
+        usage="from transformers import pipeline\nfrom huggingface_hub import snapshot_download\nimport lzn_hf  # registers the LZN classes\n\n"
+              f'folder = snapshot_download("{repo}")  # or the local output folder\n'
+              'extract = pipeline("image-feature-extraction", model=f"{folder}/model")\nfeatures = extract(image, pool=True)',
+    )
+    write_model_card(output_dir / "model", "LZN image encoder (EMA weights)", "Case study 2 encoder; `pooler_output` is the representation.",
+                     pipeline_tag="image-feature-extraction", datasets=[dataset], dataset_name=dataset, metrics=accuracy, tags=["case-study-2"],
+                     training=training,
+                     usage=f'from lzn_hf import LZNModel\n\nmodel = LZNModel.from_pretrained("{repo}", subfolder="model")\n'
+                           "features = model.get_image_features(pixel_values)  # [B, F], pixel_values in [-1, 1]")
+    print(f"LZN case study 2 ({args.config}) -> {output_dir}: " + ", ".join(
+        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main(parse_args())
