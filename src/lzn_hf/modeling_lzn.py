@@ -254,7 +254,7 @@ class LZNImageEncoder(LZNPreTrainedModel):
             anchors, features = self.network.forward_with_features(pixel_values)  # [B, d], [B, 2048]
         else:
             anchors = features = self.network(pixel_values)  # [B, d]
-        if not (self.config.use_return_dict if return_dict is None else return_dict):
+        if not (self.config.return_dict if return_dict is None else return_dict):
             return anchors, features
         return LZNImageEncoderOutput(anchors=anchors, pooler_output=features)
 
@@ -481,7 +481,7 @@ class LZNModel(LZNLatentSpaceMixin, LZNPreTrainedModel):
         if output_latents:
             latents = self.get_image_latents(anchors=encoded.anchors, noise=noise, reference_anchors=reference_anchors, generator=generator)
         output = LZNModelOutput(anchors=encoded.anchors, pooler_output=encoded.pooler_output, latents=latents)
-        return output if (self.config.use_return_dict if return_dict is None else return_dict) else output.to_tuple()
+        return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
 
 
 class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
@@ -553,6 +553,6 @@ class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
         else:
             latents = self.get_image_latents(anchors=anchors, noise=noise, reference_anchors=reference_anchors, generator=generator)
         logits = self.classify_latents(latents, class_weights).logits
-        if not (self.config.use_return_dict if return_dict is None else return_dict):
+        if not (self.config.return_dict if return_dict is None else return_dict):
             return (logits,)
         return ImageClassifierOutput(logits=logits)
