@@ -140,15 +140,15 @@ def main(args):
         eps=args.adam_epsilon,
         weight_decay=args.adam_weight_decay,
     )
-    lr_scheduler = linear_warmup(optimizer, args.lr_warmup_steps * accelerator.num_processes)
+    lr_scheduler = linear_warmup(optimizer, args.lr_warmup_steps)  # per update (not prepared: see train_joint.py)
     sampler = EpochShuffleSampler(len(train_dataset), seed=args.seed)
     train_dataloader = torch.utils.data.DataLoader(
         train_dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=args.dataloader_num_workers
     )
     counters = TrainingCounters(skipped_steps=0)
     register_checkpoint_hooks(accelerator, ema, LZNModel)
-    accelerator.register_for_checkpointing(counters)
-    training_module, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(training_module, optimizer, train_dataloader, lr_scheduler)
+    accelerator.register_for_checkpointing(counters, lr_scheduler)
+    training_module, optimizer, train_dataloader = accelerator.prepare(training_module, optimizer, train_dataloader)
     ema.to(accelerator.device)
     if accelerator.is_main_process and args.report_to:
         accelerator.init_trackers("lzn_train_generation", config=tracker_config(args))
@@ -275,7 +275,7 @@ def export(args, ema_model, class_names, history, metrics, start_time):
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
     repo = args.hub_model_id or output_dir.resolve().name
-    dataset = "digits" if args.train_data_dir is None and args.dataset_name == "digits" else (args.dataset_name or "imagefolder")
+    dataset = args.dataset_name or "imagefolder"
     training = {"script": "examples/train_generation.py", "config": args.config, "steps": args.max_train_steps,
                 "global batch": args.global_batch_size, "seed": args.seed, "EMA decay": args.ema_decay,
                 "learning rates (encoder / decoder)": f"{args.learning_rate_encoder} / {args.learning_rate_decoder}",

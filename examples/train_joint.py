@@ -95,6 +95,8 @@ def parse_args(argv=None):
     evaluation.add_argument("--num_inference_steps", type=int, default=10, help="decoder Euler steps when sampling.")
     evaluation.add_argument("--ce_ceiling_steps", type=int, default=1000,
                             help="steps of the cross-entropy classifier with the same encoder (0 = skip).")
+    evaluation.add_argument("--eval_noise_draws", type=int, default=5,
+                            help="prior-noise draws averaged for the random-noise batch-mode accuracy.")
     evaluation.add_argument("--max_eval_samples", type=int, default=10_000,
                             help="images of each split used for the anchor bank, the judge and the ceiling.")
     parser.add_argument("--debug_nonfinite_steps", type=int, nargs="*", default=[], help=argparse.SUPPRESS)
@@ -170,16 +172,16 @@ def main(args):
         eps=args.adam_epsilon,
         weight_decay=args.adam_weight_decay,
     )
-    # Accelerate steps a prepared scheduler once per process per update: count the warm-up in those steps
-    lr_scheduler = linear_warmup(optimizer, args.lr_warmup_steps * accelerator.num_processes)
+    # stepped once per update, whatever the number of processes (so it is not handed to accelerator.prepare)
+    lr_scheduler = linear_warmup(optimizer, args.lr_warmup_steps)
     sampler = EpochShuffleSampler(len(train_dataset), seed=args.seed)
     train_dataloader = torch.utils.data.DataLoader(
         train_dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=args.dataloader_num_workers
     )
     counters = TrainingCounters(skipped_steps=0)
     register_checkpoint_hooks(accelerator, ema, LZNModel)
-    accelerator.register_for_checkpointing(counters)
-    training_module, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(training_module, optimizer, train_dataloader, lr_scheduler)
+    accelerator.register_for_checkpointing(counters, lr_scheduler)
+    training_module, optimizer, train_dataloader = accelerator.prepare(training_module, optimizer, train_dataloader)
     ema.to(accelerator.device)
     if accelerator.is_main_process and args.report_to:
         accelerator.init_trackers("lzn_train_joint", config=tracker_config(args))
@@ -312,9 +314,12 @@ def export_and_evaluate(args, ema_model, train_dataset, test_dataset, history, t
         if test_dataset is not None:
             test_images, test_labels = stack_dataset(test_dataset, args.max_eval_samples)
             with torch.no_grad():
-                for noise in ("zero", "random"):
-                    metrics[f"accuracy/batch_mode_{noise}_noise"] = batch_mode_accuracy(
-                        classifier, test_images, test_labels, args.global_batch_size, noise=noise, filler=train_images, seed=args.seed)
+                batch_mode = dict(batch_size=args.global_batch_size, filler=train_images)  # upstream: eval batch = training batch
+                metrics["accuracy/batch_mode_zero_noise"] = batch_mode_accuracy(classifier, test_images, test_labels, noise="zero", **batch_mode)
+                draws = torch.tensor([batch_mode_accuracy(classifier, test_images, test_labels, noise="random", seed=args.seed + k, **batch_mode)
+                                      for k in range(max(1, args.eval_noise_draws))])
+                metrics["accuracy/batch_mode_random_noise"] = draws.mean().item()
+                metrics["accuracy/batch_mode_random_noise_std"] = draws.std().item() if len(draws) > 1 else 0.0
                 predictions = torch.cat([classifier(chunk).logits.argmax(-1) for chunk in test_images.split(512)])
                 metrics["accuracy/anchor_bank"] = (predictions == test_labels).float().mean().item()
             if args.ce_ceiling_steps > 0:
@@ -350,8 +355,8 @@ def write_cards(args, metrics):
     """Model cards: the folder overview (README.md at the root) and one per saved model."""
     output_dir = Path(args.output_dir)
     repo = args.hub_model_id or output_dir.resolve().name
-    dataset = "digits" if args.train_data_dir is None and args.dataset_name == "digits" else (args.dataset_name or "imagefolder")
-    accuracy = {k: v for k, v in metrics.items() if k.startswith("accuracy/")}
+    dataset = args.dataset_name or "imagefolder"
+    accuracy = {k: v for k, v in metrics.items() if k.startswith("accuracy/") and not k.endswith("_std")}
     judge = {k: v for k, v in metrics.items() if k == "judge/agreement_with_conditioning_class"}
     training = {"script": "examples/train_joint.py", "config": args.config, "steps": args.max_train_steps,
                 "global batch": args.global_batch_size, "seed": args.seed, "EMA decay": args.ema_decay,

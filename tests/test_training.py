@@ -48,7 +48,7 @@ def launch(script, *args, tmp_path, num_processes=1, expect_success=True, env=No
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache"),
-        "OMP_NUM_THREADS": "1" if num_processes > 1 else os.environ.get("OMP_NUM_THREADS", "2"),
+        "OMP_NUM_THREADS": "1",  # tiny models: one thread per process is fastest, and robust on a busy machine
         **(env or {}),
     }
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=900)
@@ -97,7 +97,7 @@ def test_joint_on_an_image_folder_saves_loadable_folders(image_folder, tmp_path)
            "--max_train_steps", 3, "--checkpointing_steps", 2, "--checkpoints_total_limit", 1, "--logging_steps", 1,
            "--num_samples_per_class", 2, "--judge_samples_per_class", 2, "--num_inference_steps", 2, tmp_path=tmp_path)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]  # checkpoint-2 pruned to the limit
-    assert {p.name for p in (out / "checkpoint-3").iterdir()} >= {"lzn", "lzn_ema", "optimizer.bin", "scheduler.bin"}
+    assert {p.name for p in (out / "checkpoint-3").iterdir()} >= {"lzn", "lzn_ema", "optimizer.bin", "custom_checkpoint_1.pkl"}
     model = LZNModel.from_pretrained(out / "model")
     assert model.config.num_classes == 3
     pipeline = LZNPipeline.from_pretrained(out / "pipeline")
@@ -118,8 +118,12 @@ def test_joint_on_an_image_folder_saves_loadable_folders(image_folder, tmp_path)
     assert [h["step"] for h in history] == [1, 2, 3] and {"rf_loss", "label_loss", "grad_norm", "lr/label_anchors", "skipped_steps"} <= set(history[0])
 
 
+# Adam with a large epsilon is linear in the gradient: the first Adam steps would otherwise turn float rounding
+# of near-zero gradients (summed in a different order by the all-reduce) into sign flips of whole learning rates.
 JOINT_DIGITS = ["--config", "digits-joint", "--max_train_steps", 3, "--decoder_freeze_step", 2, "--debug_nonfinite_steps", 2,
-                "--checkpointing_steps", 1, "--logging_steps", 1, "--skip_evaluation", "--num_samples_per_class", 1, "--report_to", "none"]
+                "--checkpointing_steps", 1, "--logging_steps", 1, "--skip_evaluation", "--num_samples_per_class", 1, "--report_to", "none",
+                "--adam_epsilon", 1.0, "--lr_warmup_steps", 0, "--learning_rate_encoder", 0.5, "--learning_rate_decoder", 0.5,
+                "--learning_rate_label_anchors", 0.5]
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +183,10 @@ def test_two_processes_give_the_single_process_updates(joint_digits):
     metrics = json.loads((double / "metrics.json").read_text())
     assert metrics["num_processes"] == 2 and metrics["global_batch_size"] == 16 and metrics["skipped_steps"] == 1
     for step in (1, 3):
-        assert_same_weights(double / f"checkpoint-{step}" / "lzn", joint_digits["single"] / f"checkpoint-{step}" / "lzn", atol=2e-5)
-        assert_same_weights(double / f"checkpoint-{step}" / "lzn_ema", joint_digits["single"] / f"checkpoint-{step}" / "lzn_ema", atol=2e-5)
+        assert_same_weights(double / f"checkpoint-{step}" / "lzn", joint_digits["single"] / f"checkpoint-{step}" / "lzn", atol=1e-5)
+        assert_same_weights(double / f"checkpoint-{step}" / "lzn_ema", joint_digits["single"] / f"checkpoint-{step}" / "lzn_ema", atol=1e-5)
+    before, after = weights(double / "checkpoint-1" / "lzn"), weights(double / "checkpoint-3" / "lzn")
+    assert max((before[k] - after[k]).abs().max() for k in before) > 1e-3  # updates are >= 100x the tolerance
     assert (double / "checkpoint-3" / "random_states_1.pkl").is_file()
 
 

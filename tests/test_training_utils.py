@@ -45,6 +45,11 @@ def test_bad_arguments_name_the_flag(argv, message):
         parse(argv)
 
 
+def test_an_image_folder_replaces_the_recipes_dataset():
+    args = parse(["--train_data_dir", "some/folder"])
+    assert args.dataset_name is None and args.train_data_dir == "some/folder"
+
+
 def test_global_batch_must_split_over_processes():
     with pytest.raises(ValueError, match="--train_batch_size"):
         tu.global_to_local_batch_size(parse([]), 3)

@@ -280,7 +280,7 @@ def add_training_args(parser: argparse.ArgumentParser, default_config: str, defa
                       help="'digits' (scikit-learn's 8x8 digits, offline) or a Hub dataset id; default: the recipe's.")
     data.add_argument("--dataset_config_name", type=str, default=None)
     data.add_argument("--train_data_dir", type=str, default=None,
-                      help="an image folder (datasets' 'imagefolder': class sub-folders give labels); overrides --dataset_name.")
+                      help="an image folder (datasets' 'imagefolder': class sub-folders give labels); replaces the recipe's dataset.")
     data.add_argument("--image_column", type=str, default=None, help="image column of a Hub dataset (default: guessed).")
     data.add_argument("--label_column", type=str, default=None, help="label column (default: guessed; none = unlabelled).")
     data.add_argument("--cache_dir", type=str, default=None)
@@ -339,7 +339,7 @@ def finalize_training_args(args: argparse.Namespace) -> argparse.Namespace:
     recipe = TRAINING_RECIPES[recipe_name]
     args.recipe = recipe_name
     for name in _RECIPE_FLAGS:
-        if getattr(args, name, None) is None:
+        if getattr(args, name, None) is None and not (name == "dataset_name" and args.train_data_dir is not None):
             setattr(args, name, recipe[name])
     args.global_batch_size = recipe["global_batch_size"]
     if args.train_data_dir is None and args.dataset_name is None:
@@ -547,7 +547,9 @@ def load_training_data(args: argparse.Namespace, resolution: int, num_channels: 
     Returns ``(train_dataset, test_dataset or None, class_names or None)``; ``digits`` gives in-memory
     :class:`TensorImageDataset` objects and its fixed held-out 20 %.
     """
-    if args.train_data_dir is None and args.dataset_name == "digits":
+    if args.train_data_dir is not None and args.dataset_name is not None:
+        raise ValueError("pass --train_data_dir or --dataset_name, not both")
+    if args.dataset_name == "digits":
         train = TensorImageDataset(*load_digits("train", resolution, num_channels), class_names=[str(i) for i in range(10)])
         if args.max_train_samples is not None:
             train = TensorImageDataset(train.pixel_values[: args.max_train_samples], train.labels[: args.max_train_samples], train.class_names)
