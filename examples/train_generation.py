@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from lzn_hf import LZNModel
 from lzn_hf.latent_flow import gather_anchors
+from lzn_hf.model_cards import write_model_card
 from lzn_hf.training_utils import (
     RF_T_MIN,
     EpochShuffleSampler,
@@ -40,6 +41,7 @@ from lzn_hf.training_utils import (
     TrainingHistory,
     add_training_args,
     all_processes_finite,
+    dataset_id,
     finalize_training_args,
     global_to_local_batch_size,
     iterate_batches,
@@ -63,7 +65,8 @@ from lzn_hf.training_utils import (
     step_generator,
     tracker_config,
     trainable_parameters,
-    write_model_card,
+    training_markdown,
+    write_run_card,
 )
 
 logger = get_logger(__name__, log_level="INFO")
@@ -121,6 +124,7 @@ def main(args):
         found = "no labels" if class_names is None else f"{len(class_names)} classes"
         raise ValueError(f"the decoder of --config {args.config!r} takes {config.image_decoder_config.num_classes} classes; the data has {found}")
     batch_size = global_to_local_batch_size(args, accelerator.num_processes)
+    args.global_batch_size = batch_size * accelerator.num_processes  # N: the anchors that define the zones
     if len(train_dataset) < batch_size * accelerator.num_processes:
         raise ValueError(f"{len(train_dataset)} training images are fewer than one global batch ({batch_size} x {accelerator.num_processes})")
     model = LZNModel(config)
@@ -274,29 +278,21 @@ def export(args, ema_model, class_names, history, metrics, start_time):
                    without_lzn_latent=args.without_lzn_latent)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
-    repo = args.hub_model_id or output_dir.resolve().name
-    dataset = args.dataset_name or "imagefolder"
-    training = {"script": "examples/train_generation.py", "config": args.config, "steps": args.max_train_steps,
-                "global batch": args.global_batch_size, "seed": args.seed, "EMA decay": args.ema_decay,
-                "learning rates (encoder / decoder)": f"{args.learning_rate_encoder} / {args.learning_rate_decoder}",
-                "LZN latent": not args.without_lzn_latent}
-    common = dict(datasets=[dataset], dataset_name=dataset, tags=["case-study-1"], training=training)
-    download = f'from huggingface_hub import snapshot_download\n\nfolder = snapshot_download("{repo}")  # or the local output folder\n'
-    call = "labels=[0, 1], num_images_per_label=4" if class_names else "num_images=4"
-    write_model_card(output_dir, f"{repo}: LZN image generation",
-                     "Rectified-flow image generation with a Latent Zoning Network latent (case study 1 of Lin et al.). "
-                     "Folders: `model/` (`LZNModel`, EMA weights), `pipeline/` (`LZNPipeline`).",
-                     pipeline_tag="unconditional-image-generation", **common,
-                     usage=download + f"from lzn_hf.pipeline_lzn import LZNPipeline\n\npipe = LZNPipeline.from_pretrained(f\"{{folder}}/pipeline\")\n"
-                                      f"images = pipe({call}).images")
-    write_model_card(output_dir / "pipeline", "LZN generation pipeline", "N(0, I) latent -> rectified-flow decoder -> image.",
-                     pipeline_tag="unconditional-image-generation", **common,
-                     usage=download + f"from lzn_hf.pipeline_lzn import LZNPipeline\n\npipe = LZNPipeline.from_pretrained(f\"{{folder}}/pipeline\")\n"
-                                      f"images = pipe({call}).images")
-    write_model_card(output_dir / "model", "LZN generation model (EMA weights)",
-                     "Image encoder (image -> anchor -> latent) and rectified-flow decoder of a Latent Zoning Network.",
-                     pipeline_tag="image-feature-extraction", **common,
-                     usage=f'from lzn_hf import LZNModel\n\nmodel = LZNModel.from_pretrained("{repo}", subfolder="model")')
+    datasets = [dataset_id(args)]
+    training = training_markdown(args, "train_generation.py", {"LZN latent": not args.without_lzn_latent,
+                                                                "training wall time (s)": round(metrics["train_wall_time_s"])})
+    common = dict(datasets=datasets, extra_text=training, tags=["case-study-1"], license="mit")
+    write_model_card(output_dir / "model", **common)
+    write_model_card(output_dir / "pipeline", **common)
+    call = "labels=[0, 1], num_images_per_label=4, lzn_latents=torch.randn(8, pipe.image_decoder.config.latent_dim)" if class_names else "num_images=4"
+    write_run_card(
+        output_dir, f"{args.hub_model_id or output_dir.resolve().name}: LZN image generation",
+        "Rectified-flow image generation with a Latent Zoning Network latent (case study 1 of Lin et al.). `model/`: the "
+        "`LZNModel` (EMA weights: image encoder and decoder); `pipeline/`: the `LZNPipeline`; `samples.png`: samples.",
+        pipeline_tag="unconditional-image-generation", datasets=datasets, tags=["case-study-1"], extra_text=training,
+        usage=f'import torch\nfrom lzn_hf.pipeline_lzn import LZNPipeline\n\nfolder = "{output_dir}"  # or huggingface_hub.snapshot_download(repo_id)\n'
+              f"pipe = LZNPipeline.from_pretrained(f\"{{folder}}/pipeline\")\nimages = pipe({call}).images",
+    )
     print(f"LZN case study 1 ({args.config}) -> {output_dir}: " + ", ".join(
         f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()), flush=True)
 

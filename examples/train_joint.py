@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from lzn_hf import LZNForImageClassification, LZNModel
 from lzn_hf.latent_flow import gather_anchors, latents_to_anchors
+from lzn_hf.model_cards import write_model_card
 from lzn_hf.training_utils import (
     RF_T_MIN,
     EpochShuffleSampler,
@@ -45,6 +46,7 @@ from lzn_hf.training_utils import (
     add_training_args,
     all_processes_finite,
     batch_mode_accuracy,
+    dataset_id,
     finalize_training_args,
     fit_pixel_judge,
     freeze_module,
@@ -74,7 +76,8 @@ from lzn_hf.training_utils import (
     tracker_config,
     train_cross_entropy_classifier,
     trainable_parameters,
-    write_model_card,
+    training_markdown,
+    write_run_card,
 )
 
 logger = get_logger(__name__, log_level="INFO")
@@ -154,6 +157,7 @@ def main(args):
         config.label_anchors_config.label2id = {name: i for i, name in enumerate(class_names)}
         config.id2label, config.label2id = dict(config.label_anchors_config.id2label), dict(config.label_anchors_config.label2id)
     batch_size = global_to_local_batch_size(args, accelerator.num_processes)
+    args.global_batch_size = batch_size * accelerator.num_processes  # N: the anchors that define the zones
     if len(train_dataset) < batch_size * accelerator.num_processes:
         raise ValueError(f"{len(train_dataset)} training images are fewer than one global batch ({batch_size} x {accelerator.num_processes})")
     model = LZNModel(config)
@@ -352,51 +356,28 @@ def export_and_evaluate(args, ema_model, train_dataset, test_dataset, history, t
 
 
 def write_cards(args, metrics):
-    """Model cards: the folder overview (README.md at the root) and one per saved model."""
+    """Model cards: the run's overview (README.md at the root, the Hub repo's card) and one per saved folder."""
     output_dir = Path(args.output_dir)
-    repo = args.hub_model_id or output_dir.resolve().name
-    dataset = args.dataset_name or "imagefolder"
+    datasets = [dataset_id(args)]
     accuracy = {k: v for k, v in metrics.items() if k.startswith("accuracy/") and not k.endswith("_std")}
     judge = {k: v for k, v in metrics.items() if k == "judge/agreement_with_conditioning_class"}
-    training = {"script": "examples/train_joint.py", "config": args.config, "steps": args.max_train_steps,
-                "global batch": args.global_batch_size, "seed": args.seed, "EMA decay": args.ema_decay,
-                "learning rates (encoder / decoder / label anchors)":
-                    f"{args.learning_rate_encoder} / {args.learning_rate_decoder} / {args.learning_rate_label_anchors}"}
-    common = dict(datasets=[dataset], dataset_name=dataset, tags=["case-study-3"], training=training)
-    download = f'from huggingface_hub import snapshot_download\n\nfolder = snapshot_download("{repo}")  # or the local output folder\n'
-    write_model_card(
-        output_dir, f"{repo}: LZN joint generation and classification",
-        "A Latent Zoning Network trained jointly for class-conditional generation and classification (case study 3 "
-        "of Lin et al.). Folders: `model/` (`LZNModel`, EMA weights), `pipeline/` (`LZNPipeline`), `classifier/` "
-        "(`LZNForImageClassification` with its anchor bank). `samples.png`: one row per class.",
-        pipeline_tag="image-classification", metrics={**accuracy, **judge}, **common,
-        usage=download + "from lzn_hf import LZNForImageClassification\nfrom lzn_hf.pipeline_lzn import LZNPipeline\n\n"
-              "pipe = LZNPipeline.from_pretrained(f\"{folder}/pipeline\")\n"
+    training = training_markdown(args, "train_joint.py", {"decoder frozen after update": args.decoder_freeze_step,
+                                                           "training wall time (s)": round(metrics.get("train_wall_time_s", 0.0))})
+    common = dict(datasets=datasets, extra_text=training, tags=["case-study-3"], license="mit")
+    write_model_card(output_dir / "model", metrics={**accuracy, **judge}, **common)
+    write_model_card(output_dir / "pipeline", metrics=judge, **common)
+    write_model_card(output_dir / "classifier", metrics=accuracy, **common)
+    write_run_card(
+        output_dir, f"{args.hub_model_id or output_dir.resolve().name}: LZN joint generation and classification",
+        "A Latent Zoning Network trained jointly for label-conditional image generation and classification (case study 3 "
+        "of Lin et al.). `model/`: the `LZNModel` (EMA weights); `pipeline/`: the `LZNPipeline` (label → image); "
+        "`classifier/`: the `LZNForImageClassification` with its bank of training anchors; `samples.png`: one row per class; "
+        "`metrics.json`: every measured number.",
+        pipeline_tag="image-classification", datasets=datasets, metrics={**accuracy, **judge}, tags=["case-study-3"], extra_text=training,
+        usage=f'from lzn_hf import LZNForImageClassification\nfrom lzn_hf.pipeline_lzn import LZNPipeline\n\nfolder = "{output_dir}"  # '
+              "or huggingface_hub.snapshot_download(repo_id)\npipe = LZNPipeline.from_pretrained(f\"{folder}/pipeline\")\n"
+              "images = pipe(labels=[0, 1, 2], num_images_per_label=4).images\n"
               "classifier = LZNForImageClassification.from_pretrained(f\"{folder}/classifier\")",
-    )
-    write_model_card(
-        output_dir / "pipeline", "LZN label-conditional generation pipeline",
-        "label -> label anchors -> forward label flow -> LZN latent -> rectified-flow decoder -> image.",
-        pipeline_tag="unconditional-image-generation", metrics=judge, **common,
-        usage=download + "import torch\nfrom lzn_hf.pipeline_lzn import LZNPipeline\n\n"
-              "pipe = LZNPipeline.from_pretrained(f\"{folder}/pipeline\")\n"
-              "images = pipe(labels=[0, 1, 2], num_images_per_label=4, generator=torch.manual_seed(0)).images",
-    )
-    write_model_card(
-        output_dir / "model", "LZN joint model (EMA weights)",
-        "Image encoder, image decoder and label anchors of a Latent Zoning Network trained jointly (case study 3).",
-        pipeline_tag="image-feature-extraction", metrics={**accuracy, **judge}, **common,
-        usage=f'from lzn_hf import LZNModel\n\nmodel = LZNModel.from_pretrained("{repo}", subfolder="model")\n'
-              "anchors = model.get_image_anchors(pixel_values)  # [B, d], pixel_values in [-1, 1]",
-    )
-    write_model_card(
-        output_dir / "classifier", "LZN image classifier",
-        "image -> latent -> reverse flow over the label anchors -> class. The stored bank of training-image anchors "
-        "makes predictions independent of the batch (default); `use_anchor_bank=False` gives upstream's batch mode.",
-        pipeline_tag="image-classification", metrics=accuracy, **common,
-        usage=f'from lzn_hf import LZNForImageClassification\n\n'
-              f'model = LZNForImageClassification.from_pretrained("{repo}", subfolder="classifier")\n'
-              "predictions = model(pixel_values).logits.argmax(-1)",
     )
 
 

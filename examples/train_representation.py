@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from lzn_hf import LZNModel
 from lzn_hf.latent_flow import gather_anchors, latents_to_anchors
+from lzn_hf.model_cards import write_model_card
 from lzn_hf.training_utils import (
     EpochShuffleSampler,
     ModuleEMA,
@@ -40,6 +41,7 @@ from lzn_hf.training_utils import (
     add_training_args,
     all_processes_finite,
     assignment_loss,
+    dataset_id,
     finalize_training_args,
     global_to_local_batch_size,
     iterate_batches,
@@ -63,7 +65,8 @@ from lzn_hf.training_utils import (
     step_generator,
     tracker_config,
     trainable_parameters,
-    write_model_card,
+    training_markdown,
+    write_run_card,
 )
 
 logger = get_logger(__name__, log_level="INFO")
@@ -124,6 +127,7 @@ def main(args):
     resolution = args.resolution or encoder_config.image_size
     train_dataset, test_dataset, _ = load_training_data(args, resolution, encoder_config.num_channels)
     batch_size = global_to_local_batch_size(args, accelerator.num_processes)
+    args.global_batch_size = batch_size * accelerator.num_processes  # N: the anchors that define the zones
     if len(train_dataset) < batch_size * accelerator.num_processes:
         raise ValueError(f"{len(train_dataset)} training images are fewer than one global batch ({batch_size} x {accelerator.num_processes})")
     model = LZNModel(config)
@@ -257,28 +261,20 @@ def export(args, ema_model, train_dataset, test_dataset, history, metrics, start
     metrics.update(total_wall_time_s=time.time() - start_time, config=args.config, seed=args.seed)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
-    repo = args.hub_model_id or output_dir.resolve().name
-    dataset = args.dataset_name or "imagefolder"
+    datasets = [dataset_id(args)]
     accuracy = {k: v for k, v in metrics.items() if k.startswith("accuracy/")}
-    training = {"script": "examples/train_representation.py", "config": args.config, "steps": args.max_train_steps,
-                "global batch": args.global_batch_size, "seed": args.seed, "EMA decay": args.ema_decay,
-                "learning rate (encoder)": args.learning_rate_encoder}
-    write_model_card(
-        output_dir, f"{repo}: LZN representation learning",
-        "An image encoder trained without labels as a Latent Zoning Network (case study 2 of Lin et al.): each view's "
-        "latent is classified among the other views' zones. The representation is the backbone feature "
-        "(`pooler_output`). `model/` holds the `LZNModel` (EMA weights) and its image processor.",
-        pipeline_tag="image-feature-extraction", datasets=[dataset], dataset_name=dataset, metrics=accuracy, tags=["case-study-2"],
-        training=training,
-        usage="from transformers import pipeline\nfrom huggingface_hub import snapshot_download\nimport lzn_hf  # registers the LZN classes\n\n"
-              f'folder = snapshot_download("{repo}")  # or the local output folder\n'
-              'extract = pipeline("image-feature-extraction", model=f"{folder}/model")\nfeatures = extract(image, pool=True)',
+    training = training_markdown(args, "train_representation.py", {"training wall time (s)": round(metrics["train_wall_time_s"])})
+    write_model_card(output_dir / "model", datasets=datasets, metrics=accuracy, extra_text=training, tags=["case-study-2"], license="mit")
+    write_run_card(
+        output_dir, f"{args.hub_model_id or output_dir.resolve().name}: LZN representation learning",
+        "An image encoder trained without labels as a Latent Zoning Network (case study 2 of Lin et al.): the latent of "
+        "one augmented view is classified among the zones of the other views. The representation is the backbone "
+        "feature (`pooler_output`). `model/`: the `LZNModel` (EMA weights) with its image processor.",
+        pipeline_tag="image-feature-extraction", datasets=datasets, metrics=accuracy, tags=["case-study-2"], extra_text=training,
+        usage="from transformers import pipeline\nimport lzn_hf  # registers the LZN classes\n\n"
+              f'extract = pipeline("image-feature-extraction", model="{output_dir}/model")  # or a snapshot_download(repo_id) folder\n'
+              "features = extract(image, pool=True)  # the backbone feature",
     )
-    write_model_card(output_dir / "model", "LZN image encoder (EMA weights)", "Case study 2 encoder; `pooler_output` is the representation.",
-                     pipeline_tag="image-feature-extraction", datasets=[dataset], dataset_name=dataset, metrics=accuracy, tags=["case-study-2"],
-                     training=training,
-                     usage=f'from lzn_hf import LZNModel\n\nmodel = LZNModel.from_pretrained("{repo}", subfolder="model")\n'
-                           "features = model.get_image_features(pixel_values)  # [B, F], pixel_values in [-1, 1]")
     print(f"LZN case study 2 ({args.config}) -> {output_dir}: " + ", ".join(
         f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()), flush=True)
 

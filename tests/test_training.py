@@ -205,6 +205,7 @@ def test_generation_on_an_image_folder(image_folder, tmp_path):
     images = LZNPipeline.from_pretrained(out / "pipeline")(num_images=2, num_inference_steps=2, output_type="np").images
     assert images.shape == (2, 8, 8, 1)
     assert card_metadata(out / "pipeline")["pipeline_tag"] == "unconditional-image-generation"
+    assert card_metadata(out)["datasets"] == ["imagefolder"] and card_metadata(out / "model")["library_name"] == "lzn_hf"
     assert (out / "samples.png").is_file() and json.loads((out / "metrics.json").read_text())["train_updates"] == 2
 
 

@@ -300,16 +300,21 @@ def test_push_folder_to_hub_uploads_the_final_folder_only(tmp_path, monkeypatch)
         tu.push_folder_to_hub(tmp_path / "lzn-run")
 
 
-def test_model_card_metadata(tmp_path):
-    path = tu.write_model_card(tmp_path, "title", "text", pipeline_tag="image-classification", datasets=["digits"],
-                               metrics={"accuracy/anchor_bank": 0.95}, dataset_name="digits", usage="x = 1", training={"steps": 3})
+def test_run_card_metadata_and_training_section(tmp_path):
+    args = parse(["--train_data_dir", "x"])
+    args.global_batch_size = 64
+    assert tu.dataset_id(args) == "imagefolder" and tu.dataset_id(parse([])) == "sklearn-digits"
+    training = tu.training_markdown(args, "train_joint.py", {"extra": 1})
+    assert "| global batch (anchors per zone set) | 64 |" in training and "| extra | 1 |" in training
+    path = tu.write_run_card(tmp_path, "title", "text", pipeline_tag="image-classification", datasets=["sklearn-digits"],
+                             metrics={"accuracy/anchor_bank": 0.95}, usage="x = 1", extra_text=training)
     text = path.read_text()
     meta = yaml.safe_load(text.split("---")[1])
     assert meta["library_name"] == "lzn_hf" and meta["pipeline_tag"] == "image-classification"
-    assert meta["datasets"] == ["digits"] and meta["metrics"] == ["accuracy"]
+    assert meta["datasets"] == ["sklearn-digits"] and meta["metrics"] == ["accuracy"]
     result = meta["model-index"][0]["results"][0]
     assert result["metrics"][0] == {"type": "accuracy", "value": 0.95, "name": "accuracy/anchor_bank"}
-    assert "```python\nx = 1\n```" in text and "| steps | 3 |" in text
+    assert "```python\nx = 1\n```" in text and "## Training" in text
 
 
 def test_training_history_keeps_the_latest_run_after_a_resume(tmp_path):

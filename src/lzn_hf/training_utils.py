@@ -87,7 +87,9 @@ __all__ = [
     "resume_from_checkpoint",
     "HUB_IGNORE_PATTERNS",
     "push_folder_to_hub",
-    "write_model_card",
+    "dataset_id",
+    "training_markdown",
+    "write_run_card",
     "save_image_grid",
     "TrainingHistory",
     "save_training_curves",
@@ -1133,40 +1135,67 @@ def push_folder_to_hub(folder, repo_id: Optional[str] = None, token: Optional[st
     return repo_id
 
 
-def write_model_card(folder, title: str, description: str, *, pipeline_tag: Optional[str], datasets: Optional[List[str]] = None,
-                     metrics: Optional[Mapping[str, float]] = None, dataset_name: str = "", tags: Sequence[str] = (),
-                     usage: Optional[str] = None, training: Optional[Mapping[str, Any]] = None, metric_type: str = "accuracy") -> Path:
-    """A ``README.md`` with YAML metadata (library ``lzn_hf``, pipeline tag, datasets, metrics; ``metrics`` go to the
-    model index as ``metric_type`` results) in ``folder``."""
+def dataset_id(args: argparse.Namespace) -> str:
+    """The dataset name model cards use: ``sklearn-digits``, the Hub id, or ``imagefolder``."""
+    if args.train_data_dir is not None:
+        return "imagefolder"
+    return "sklearn-digits" if args.dataset_name == "digits" else args.dataset_name
+
+
+def training_markdown(args: argparse.Namespace, script: str, extra: Optional[Mapping[str, Any]] = None) -> str:
+    """A "## Training" section for model cards: the command line's essentials and the hyper-parameters."""
+    rows = {
+        "script": f"`examples/{script}`",
+        "config (preset)": f"`{args.config}`",
+        "data": f"`{dataset_id(args)}`",
+        "updates": args.max_train_steps,
+        "global batch (anchors per zone set)": args.global_batch_size,
+        "learning rates (encoder / decoder / label anchors)":
+            f"{args.learning_rate_encoder} / {args.learning_rate_decoder} / {args.learning_rate_label_anchors}",
+        "warm-up updates": args.lr_warmup_steps,
+        "EMA decay (warm-up: min(decay, (1 + n) / (10 + n)))": args.ema_decay,
+        "seed": args.seed,
+        **(extra or {}),
+    }
+    lines = ["## Training", "", "| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows.items()]
+    return "\n".join(lines)
+
+
+def write_run_card(folder, title: str, description: str, *, pipeline_tag: str, datasets: Sequence[str],
+                   metrics: Optional[Mapping[str, float]] = None, tags: Sequence[str] = (), usage: Optional[str] = None,
+                   extra_text: str = "") -> Path:
+    """The ``README.md`` at the root of a training output folder (the Hub repo's card when pushed): YAML
+    metadata (library ``lzn_hf``, pipeline tag, datasets, metrics and a model index of their values), what
+    the folder holds, usage, results, training. The saved model folders inside get their own cards from
+    :func:`lzn_hf.model_cards.write_model_card`."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     metrics = dict(metrics or {})
     eval_results = [
-        EvalResult(task_type=pipeline_tag or "other", dataset_type=(datasets or ["custom"])[0], dataset_name=dataset_name or (datasets or ["custom"])[0],
-                   metric_type=metric_type, metric_name=name, metric_value=round(float(value), 4))
+        EvalResult(task_type=pipeline_tag, dataset_type=datasets[0], dataset_name=datasets[0], metric_type=name.split("/")[0],
+                   metric_name=name, metric_value=round(float(value), 4))
         for name, value in metrics.items()
-    ]
+    ] if datasets else []
     data = ModelCardData(
         library_name="lzn_hf",
         pipeline_tag=pipeline_tag,
-        datasets=datasets,
-        metrics=[metric_type] if metrics else None,
+        datasets=list(datasets) or None,
+        metrics=sorted({name.split("/")[0] for name in metrics}) or None,
         tags=["lzn", "latent-zoning-networks", *tags],
         license="mit",
-        model_name=title,
+        model_name=title if eval_results else None,
         eval_results=eval_results or None,
     )
     lines = [f"# {title}", "", description, ""]
-    if metrics:
-        lines += ["## Results", "", "| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in metrics.items()] + [""]
     if usage:
         lines += ["## Usage", "", "```python", usage.strip(), "```", ""]
-    if training:
-        lines += ["## Training", "", "| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in training.items()] + [""]
+    if metrics:
+        lines += ["## Results", "", "| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in metrics.items()] + [""]
+    if extra_text.strip():
+        lines += [extra_text.strip(), ""]
     lines += ["Latent Zoning Networks: Lin et al., NeurIPS 2025, [arXiv 2509.15591](https://arxiv.org/abs/2509.15591).", ""]
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
     path = Path(folder) / "README.md"
-    card.save(path)
+    ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).save(path)
     return path
 
 
