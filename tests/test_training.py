@@ -238,3 +238,42 @@ def test_representation(data, image_folder, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert ("accuracy/linear_probe" in metrics) == (data == "digits")
     assert card_metadata(out)["pipeline_tag"] == "image-feature-extraction"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# crash safety: SIGKILL at random moments (mid-step and mid-save), then resume
+# ---------------------------------------------------------------------------------------------------------
+def test_sigkill_never_leaves_a_checkpoint_that_resume_would_pick(tmp_path):
+    import random
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    args = ["--config", "digits-joint", "--dataset_name", "digits", "--train_batch_size", 8, "--max_train_steps", 40,
+            "--checkpointing_steps", 1, "--checkpoints_total_limit", 3, "--skip_evaluation", "--report_to", "none",
+            "--num_samples_per_class", 1, "--output_dir", out]
+    command = [sys.executable, str(EXAMPLES / "train_joint.py"), *map(str, args)]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    rng = random.Random(0)
+    for attempt in range(3):
+        process = subprocess.Popen([*command, "--resume_from_checkpoint", "latest"], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and not [p for p in out.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]:
+            time.sleep(0.05)  # wait for training to be under way, with a first complete checkpoint
+        time.sleep(rng.uniform(0.0, 1.5))  # then kill at a random moment: mid-step or mid-save
+        assert process.poll() is None, "training exited before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        complete = sorted(p for p in out.glob("checkpoint-*") if p.name.split("-")[-1].isdigit())
+        assert complete, f"attempt {attempt}: no complete checkpoint"
+        for checkpoint in complete:  # every folder that resume could pick loads
+            LZNModel.from_pretrained(checkpoint / "lzn")
+            LZNModel.from_pretrained(checkpoint / "lzn_ema")
+            assert (checkpoint / "optimizer.bin").is_file()
+        assert len(complete) <= 3
+    result = subprocess.run([*command, "--resume_from_checkpoint", "latest"], env=environment, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stdout + result.stderr
+    assert (out / "checkpoint-40").is_dir()  # trained to the end after the kills
+    LZNModel.from_pretrained(out / "model")
+    assert not list(out.glob("*.partial"))

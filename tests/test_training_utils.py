@@ -265,7 +265,9 @@ def test_prune_checkpoints_and_resume_latest(tmp_path):
     for step in (5, 10, 20, 100):
         (tmp_path / f"checkpoint-{step}").mkdir()
     (tmp_path / "checkpoint-x").mkdir()
-    assert tu.prune_checkpoints(tmp_path, 2) == ["checkpoint-5", "checkpoint-10", "checkpoint-20"]
+    (tmp_path / "checkpoint-200.partial").mkdir()  # an interrupted save: never picked, never counted
+    assert tu.prune_checkpoints(tmp_path, 2) == ["checkpoint-5", "checkpoint-10"]
+    assert tu.prune_checkpoints(tmp_path, 1) == ["checkpoint-20"]
     assert tu.prune_checkpoints(tmp_path, None) == []
     loaded = []
     accelerator = SimpleNamespace(print=lambda *a: None, load_state=loaded.append)

@@ -1055,25 +1055,38 @@ def _checkpoint_steps(output_dir) -> List[Tuple[int, str]]:
 
 
 def prune_checkpoints(output_dir, total_limit: Optional[int]) -> List[str]:
-    """Delete the oldest ``checkpoint-N`` folders so that one more fits under ``total_limit``; returns the removed names."""
+    """Delete the oldest ``checkpoint-N`` folders so that at most ``total_limit`` remain; returns the removed names."""
     if total_limit is None:
         return []
     checkpoints = _checkpoint_steps(output_dir)
-    removed = [name for _, name in checkpoints[: max(0, len(checkpoints) - total_limit + 1)]]
+    removed = [name for _, name in checkpoints[: max(0, len(checkpoints) - total_limit)]]
     for name in removed:
         shutil.rmtree(os.path.join(output_dir, name))
     return removed
 
 
 def save_checkpoint(accelerator, output_dir, global_step: int, total_limit: Optional[int] = None) -> str:
-    """``accelerator.save_state`` into ``output_dir/checkpoint-{global_step}``, after pruning to ``total_limit``."""
+    """``accelerator.save_state`` into ``output_dir/checkpoint-{global_step}``, atomically.
+
+    The state is written to ``checkpoint-N.partial`` and renamed once complete, so a process killed during
+    the save never leaves a ``checkpoint-N`` folder that ``--resume_from_checkpoint latest`` would pick; the
+    oldest checkpoints beyond ``total_limit`` are deleted only after the new one is in place.
+    """
+    path = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{global_step}")
+    partial = f"{path}.partial"
+    if accelerator.is_main_process and os.path.isdir(partial):
+        shutil.rmtree(partial)  # left by a killed run
+    accelerator.wait_for_everyone()
+    accelerator.save_state(partial)
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        os.replace(partial, path)
         removed = prune_checkpoints(output_dir, total_limit)
         if removed:
             logger.info(f"removed {len(removed)} old checkpoint(s): {', '.join(removed)}")
     accelerator.wait_for_everyone()
-    path = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{global_step}")
-    accelerator.save_state(path)
     logger.info(f"saved state to {path}")
     return path
 
