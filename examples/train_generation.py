@@ -284,7 +284,9 @@ def export(args, ema_model, class_names, history, metrics, start_time):
     common = dict(datasets=datasets, extra_text=training, tags=["case-study-1"], license="mit")
     write_model_card(output_dir / "model", **common)
     write_model_card(output_dir / "pipeline", **common)
-    call = "labels=[0, 1], num_images_per_label=4, lzn_latents=torch.randn(8, pipe.image_decoder.config.latent_dim)" if class_names else "num_images=4"
+    latents = "torch.zeros" if args.without_lzn_latent else "torch.randn"  # the baseline's decoder was trained on zero latents
+    call = (f"labels=[0, 1], num_images_per_label=4, lzn_latents={latents}(8, pipe.image_decoder.config.latent_dim)" if class_names
+            else f"num_images=4, lzn_latents={latents}(4, pipe.image_decoder.config.latent_dim)" if args.without_lzn_latent else "num_images=4")
     write_run_card(
         output_dir, f"{args.hub_model_id or output_dir.resolve().name}: LZN image generation",
         "Rectified-flow image generation with a Latent Zoning Network latent (case study 1 of Lin et al.). `model/`: the "

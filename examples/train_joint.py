@@ -96,8 +96,8 @@ def parse_args(argv=None):
     evaluation.add_argument("--judge_samples_per_class", type=int, default=100,
                             help="class-conditional samples per class labelled by the independent classifier.")
     evaluation.add_argument("--num_inference_steps", type=int, default=10, help="decoder Euler steps when sampling.")
-    evaluation.add_argument("--ce_ceiling_steps", type=int, default=1000,
-                            help="steps of the cross-entropy classifier with the same encoder (0 = skip).")
+    evaluation.add_argument("--ce_ceiling_steps", type=int, default=500,
+                            help="Adam steps (batch 128) of the cross-entropy classifier with the same encoder (0 = skip).")
     evaluation.add_argument("--eval_noise_draws", type=int, default=5,
                             help="prior-noise draws averaged for the random-noise batch-mode accuracy.")
     evaluation.add_argument("--max_eval_samples", type=int, default=10_000,
@@ -328,7 +328,7 @@ def export_and_evaluate(args, ema_model, train_dataset, test_dataset, history, t
                 metrics["accuracy/anchor_bank"] = (predictions == test_labels).float().mean().item()
             if args.ce_ceiling_steps > 0:
                 predict = train_cross_entropy_classifier(ema_model.config.image_encoder_config, train_images, train_labels, num_classes,
-                                                         num_steps=args.ce_ceiling_steps, batch_size=args.global_batch_size, seed=args.seed)
+                                                         num_steps=args.ce_ceiling_steps, seed=args.seed)
                 metrics["accuracy/cross_entropy_ceiling"] = (predict(test_images) == test_labels).float().mean().item()
         if args.judge_samples_per_class > 0:
             judge = fit_pixel_judge(train_images, train_labels)

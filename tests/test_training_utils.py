@@ -26,7 +26,8 @@ def test_recipe_fills_unset_flags_and_flags_win():
     args = parse([])
     recipe = tu.TRAINING_RECIPES["digits-joint"]
     assert (args.learning_rate_encoder, args.learning_rate_decoder, args.learning_rate_label_anchors) == (1e-3, 2e-3, 1e-2)
-    assert args.max_train_steps == recipe["max_train_steps"] and args.global_batch_size == 128 and args.dataset_name == "digits"
+    assert args.max_train_steps == recipe["max_train_steps"] and args.global_batch_size == 256 and args.dataset_name == "digits"
+    assert args.decoder_freeze_step == 500 and args.ema_decay == 0.9999
     args = parse(["--config", "cifar10-joint", "--learning_rate_encoder", "0.5"])
     assert args.learning_rate_encoder == 0.5 and args.learning_rate_decoder == 2e-3 and args.learning_rate_label_anchors == 1e-4
     assert args.decoder_freeze_step == 60_000 and args.ema_decay == 0.999999 and args.global_batch_size == 2000

@@ -233,9 +233,9 @@ TRAINING_RECIPES: Dict[str, Dict[str, Any]] = {
     ),
     # --- the CPU demo (8x8 digits, 2 cores, < 10 minutes) ---
     "digits-joint": _recipe(
-        dataset_name="digits", global_batch_size=128, max_train_steps=3000, learning_rate_encoder=1e-3,
+        dataset_name="digits", global_batch_size=256, max_train_steps=1500, learning_rate_encoder=1e-3,
         learning_rate_decoder=2e-3, learning_rate_label_anchors=1e-2, lr_warmup_steps=100, ema_decay=0.9999,
-        decoder_freeze_step=None, checkpointing_steps=1000,
+        decoder_freeze_step=500, checkpointing_steps=500,
     ),
     # --- tests ---
     "tiny-joint": _recipe(dataset_name="digits", global_batch_size=8, max_train_steps=3, learning_rate_encoder=1e-3,
@@ -1344,7 +1344,7 @@ def fit_pixel_judge(pixel_values: torch.Tensor, labels: torch.Tensor):
 
 
 def train_cross_entropy_classifier(encoder_config, train_images: torch.Tensor, train_labels: torch.Tensor, num_classes: int,
-                                   num_steps: int = 1000, batch_size: int = 128, learning_rate: float = 1e-3, seed: int = 0):
+                                   num_steps: int = 500, batch_size: int = 128, learning_rate: float = 1e-3, seed: int = 0):
     """The supervised ceiling: the same image encoder architecture + a linear layer on its anchors, trained
     with cross-entropy (Adam). Returns ``predict(images) -> labels`` (a function, eval mode, no grad)."""
     from .modeling_lzn import LZNImageEncoder
