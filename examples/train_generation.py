@@ -281,14 +281,15 @@ def export(args, ema_model, class_names, history, metrics, start_time):
     datasets = [dataset_id(args)]
     training = training_markdown(args, "train_generation.py", {"LZN latent": not args.without_lzn_latent,
                                                                 "training wall time (s)": round(metrics["train_wall_time_s"])})
+    name = args.hub_model_id or output_dir.resolve().name
     common = dict(datasets=datasets, extra_text=training, tags=["case-study-1"], license="mit")
-    write_model_card(output_dir / "model", **common)
-    write_model_card(output_dir / "pipeline", **common)
+    write_model_card(output_dir / "model", title=f"{name} / model", **common)
+    write_model_card(output_dir / "pipeline", title=f"{name} / pipeline", **common)
     latents = "torch.zeros" if args.without_lzn_latent else "torch.randn"  # the baseline's decoder was trained on zero latents
     call = (f"labels=[0, 1], num_images_per_label=4, lzn_latents={latents}(8, pipe.image_decoder.config.latent_dim)" if class_names
             else f"num_images=4, lzn_latents={latents}(4, pipe.image_decoder.config.latent_dim)" if args.without_lzn_latent else "num_images=4")
     write_run_card(
-        output_dir, f"{args.hub_model_id or output_dir.resolve().name}: LZN image generation",
+        output_dir, f"{name}: LZN image generation",
         "Rectified-flow image generation with a Latent Zoning Network latent (case study 1 of Lin et al.). `model/`: the "
         "`LZNModel` (EMA weights: image encoder and decoder); `pipeline/`: the `LZNPipeline`; `samples.png`: samples.",
         pipeline_tag="unconditional-image-generation", datasets=datasets, tags=["case-study-1"], extra_text=training,

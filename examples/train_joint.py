@@ -359,16 +359,17 @@ def write_cards(args, metrics):
     """Model cards: the run's overview (README.md at the root, the Hub repo's card) and one per saved folder."""
     output_dir = Path(args.output_dir)
     datasets = [dataset_id(args)]
-    accuracy = {k: v for k, v in metrics.items() if k.startswith("accuracy/") and not k.endswith("_std")}
-    judge = {k: v for k, v in metrics.items() if k == "judge/agreement_with_conditioning_class"}
+    accuracy = {k: round(v, 4) for k, v in metrics.items() if k.startswith("accuracy/") and not k.endswith("_std")}
+    judge = {k: round(v, 4) for k, v in metrics.items() if k == "judge/agreement_with_conditioning_class"}
     training = training_markdown(args, "train_joint.py", {"decoder frozen after update": args.decoder_freeze_step,
                                                            "training wall time (s)": round(metrics.get("train_wall_time_s", 0.0))})
+    name = args.hub_model_id or output_dir.resolve().name
     common = dict(datasets=datasets, extra_text=training, tags=["case-study-3"], license="mit")
-    write_model_card(output_dir / "model", metrics={**accuracy, **judge}, **common)
-    write_model_card(output_dir / "pipeline", metrics=judge, **common)
-    write_model_card(output_dir / "classifier", metrics=accuracy, **common)
+    write_model_card(output_dir / "model", metrics={**accuracy, **judge}, title=f"{name} / model", **common)
+    write_model_card(output_dir / "pipeline", metrics=judge, title=f"{name} / pipeline", **common)
+    write_model_card(output_dir / "classifier", metrics=accuracy, title=f"{name} / classifier", **common)
     write_run_card(
-        output_dir, f"{args.hub_model_id or output_dir.resolve().name}: LZN joint generation and classification",
+        output_dir, f"{name}: LZN joint generation and classification",
         "A Latent Zoning Network trained jointly for label-conditional image generation and classification (case study 3 "
         "of Lin et al.). `model/`: the `LZNModel` (EMA weights); `pipeline/`: the `LZNPipeline` (label → image); "
         "`classifier/`: the `LZNForImageClassification` with its bank of training anchors; `samples.png`: one row per class; "

@@ -262,11 +262,13 @@ def export(args, ema_model, train_dataset, test_dataset, history, metrics, start
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
     datasets = [dataset_id(args)]
-    accuracy = {k: v for k, v in metrics.items() if k.startswith("accuracy/")}
+    accuracy = {k: round(v, 4) for k, v in metrics.items() if k.startswith("accuracy/")}
     training = training_markdown(args, "train_representation.py", {"training wall time (s)": round(metrics["train_wall_time_s"])})
-    write_model_card(output_dir / "model", datasets=datasets, metrics=accuracy, extra_text=training, tags=["case-study-2"], license="mit")
+    name = args.hub_model_id or output_dir.resolve().name
+    write_model_card(output_dir / "model", datasets=datasets, metrics=accuracy, extra_text=training, tags=["case-study-2"], license="mit",
+                     title=f"{name} / model")
     write_run_card(
-        output_dir, f"{args.hub_model_id or output_dir.resolve().name}: LZN representation learning",
+        output_dir, f"{name}: LZN representation learning",
         "An image encoder trained without labels as a Latent Zoning Network (case study 2 of Lin et al.): the latent of "
         "one augmented view is classified among the zones of the other views. The representation is the backbone "
         "feature (`pooler_output`). `model/`: the `LZNModel` (EMA weights) with its image processor.",

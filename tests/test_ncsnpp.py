@@ -32,7 +32,7 @@ from lzn_hf.convert_ncsnpp import (
 )
 from lzn_hf.ncsnpp import NCSNppDecoder, NCSNppEncoder, downsample_2d, upfirdn2d, upsample_2d
 
-PARITY_DIR = Path(__file__).resolve().parents[2] / "shared" / "parity"
+from lzn_test_utils import PARITY_DIR, parity_folder  # noqa: E402  (skips outside CI only)
 LAYOUT_DIR = PARITY_DIR / "upstream_layouts"
 GENERATION_FIXTURES = ["cifar_conditional_tiny", "hires_unconditional_tiny"]
 NCSNPP_LAYOUTS = [
@@ -123,7 +123,7 @@ _FIXTURE_CACHE = {}
 def _fixture(name: str) -> Fixture:
     root = PARITY_DIR / name
     if not root.is_dir():
-        pytest.skip(f"parity fixture {root} not present")
+        parity_folder(name)
     # the folder exists: from here on a missing file or a wrong value is a failure, never a skip
     if name not in _FIXTURE_CACHE:
         _FIXTURE_CACHE[name] = Fixture(name)
@@ -230,7 +230,7 @@ def test_upstream_round_trip(name):
 def _layout(name: str):
     path = LAYOUT_DIR / f"{name}.json"
     if not path.exists():
-        pytest.skip(f"{path} not present")
+        parity_folder("upstream_layouts")
     return json.loads(path.read_text())
 
 
