@@ -79,7 +79,7 @@ def parse_args(argv=None):
     representation.add_argument("--cross_entropy_weight", type=float, default=1.0, help="weight of -log q (paper: 1).")
     representation.add_argument("--prob_weight", type=float, default=0.0, help="weight of -q (paper: 0).")
     representation.add_argument("--gradient_checkpointing", action="store_true",
-                                help="recompute each velocity evaluation of the latent flows in backward (upstream does).")
+                                help="recompute each step of the reverse flow over the view-2 anchors in backward (upstream checkpoints its Euler flows).")
     representation.add_argument("--crop_min_scale", type=float, default=0.08, help="smallest crop area of the random resized crop.")
     representation.add_argument("--jitter_strength", type=float, default=1.0, help="SimCLR colour-jitter strength s.")
     representation.add_argument("--max_eval_samples", type=int, default=10_000, help="images per split for the linear probe.")
