@@ -14,7 +14,7 @@ No negatives list, temperature or auxiliary loss. The representation is the back
 written in torch (`training_utils.simclr_augment`; torchvision is not needed).
 
     accelerate launch examples/train_representation.py --config imagenet-representation --train_data_dir imagenet/train
-    python examples/train_representation.py --config tiny-representation --dataset_name digits --max_train_steps 300
+    python examples/train_representation.py --config tiny-representation --dataset_name digits --resolution 16 --max_train_steps 300
 """
 
 import argparse
@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lzn_hf import LZNModel
+from lzn_hf.evaluation import linear_probe_accuracy
 from lzn_hf.latent_flow import gather_anchors, latents_to_anchors
 from lzn_hf.model_cards import write_model_card
 from lzn_hf.training_utils import (
@@ -46,7 +47,6 @@ from lzn_hf.training_utils import (
     global_to_local_batch_size,
     iterate_batches,
     linear_warmup,
-    linear_probe_accuracy,
     load_lzn_config,
     load_training_data,
     make_accelerator,
@@ -254,8 +254,10 @@ def export(args, ema_model, train_dataset, test_dataset, history, metrics, start
         save_image_grid([to01(examples), to01(views[0]), to01(views[1])], output_dir / "views.png", row_labels=["image", "view 1", "view 2"])
         if test_dataset is not None and train_labels is not None:
             test_images, test_labels = stack_dataset(test_dataset, args.max_eval_samples)
-            if test_labels is not None:
-                metrics["accuracy/linear_probe"] = linear_probe_accuracy(ema_model, train_images, train_labels, test_images, test_labels)
+            if test_labels is not None:  # the paper's probe (AdamW, lr 3e-4) on the frozen backbone features
+                with torch.no_grad():
+                    features = [torch.cat([ema_model.get_image_features(chunk) for chunk in images.split(256)]) for images in (train_images, test_images)]
+                metrics["accuracy/linear_probe"] = linear_probe_accuracy(features[0], train_labels, features[1], test_labels, seed=args.seed)
     save_training_curves(history.read(), output_dir / "training_curves.png", keys=["loss", "assignment_accuracy", "grad_norm", "lr/image_encoder"],
                          title="LZN case study 2")
     metrics.update(total_wall_time_s=time.time() - start_time, config=args.config, seed=args.seed)

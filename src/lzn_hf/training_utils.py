@@ -97,7 +97,6 @@ __all__ = [
     # evaluation
     "batch_mode_accuracy",
     "fit_pixel_judge",
-    "linear_probe_accuracy",
     "train_cross_entropy_classifier",
 ]
 
@@ -1369,22 +1368,3 @@ def train_cross_entropy_classifier(encoder_config, train_images: torch.Tensor, t
         return torch.cat([head(encoder(chunk, return_dict=True).anchors).argmax(-1) for chunk in images.split(512)])
 
     return predict
-
-
-@torch.no_grad()
-def linear_probe_accuracy(model, train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
-                          test_labels: torch.Tensor, batch_size: int = 256) -> float:
-    """Held-out accuracy of a logistic regression (scikit-learn, standardised features) on the frozen
-    representation ``model.get_image_features`` (the backbone feature; batch-independent)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    model.eval()
-
-    def features(images):
-        return torch.cat([model.get_image_features(chunk).float() for chunk in images.split(batch_size)]).numpy()
-
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    probe.fit(features(train_images), train_labels.numpy())
-    return float(probe.score(features(test_images), test_labels.numpy()))
