@@ -361,6 +361,17 @@ LZN_PRESETS: Dict[str, Dict[str, Any]] = {
         "image_decoder_config": {**_TINY_TRUNK, "latent_dim": 32, "nf": 24, "num_classes": 10},
         "label_anchors_config": {"num_classes": 10, "latent_dim": 32},
     },
+    # CPU-scale reproductions of case studies 1 and 2 on the digits (docs/results.md): the demo's encoder and
+    # decoder sizes, without labels
+    "digits-generation": {
+        "image_encoder_config": {**_TINY_TRUNK, "latent_dim": 32, "head_channels": 8, "head_hidden_dim": 64},
+        "image_decoder_config": {**_TINY_TRUNK, "latent_dim": 32, "nf": 24},
+    },
+    "digits-representation": {
+        "image_encoder_config": {**_TINY_TRUNK, "latent_dim": 32, "head_channels": 8, "head_hidden_dim": 64},
+        "image_flow_solver": "euler",
+        "prior_noise_scale": 0.45,
+    },
     # tests: the smallest models of each kind
     "tiny-joint": {
         "image_encoder_config": {**_TINY_TRUNK, "head_channels": 4, "head_hidden_dim": 16},

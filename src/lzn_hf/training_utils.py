@@ -236,6 +236,15 @@ TRAINING_RECIPES: Dict[str, Dict[str, Any]] = {
         learning_rate_decoder=2e-3, learning_rate_label_anchors=1e-2, lr_warmup_steps=100, ema_decay=0.9999,
         decoder_freeze_step=500, checkpointing_steps=500,
     ),
+    # --- CPU-scale reproductions of case studies 1 and 2 (docs/results.md): the demo's budget ---
+    "digits-generation": _recipe(
+        dataset_name="digits", global_batch_size=256, max_train_steps=1500, learning_rate_encoder=1e-3,
+        learning_rate_decoder=2e-3, lr_warmup_steps=100, ema_decay=0.9999, checkpointing_steps=500,
+    ),
+    "digits-representation": _recipe(
+        dataset_name="digits", global_batch_size=256, max_train_steps=1500, learning_rate_encoder=1e-3,
+        lr_warmup_steps=100, ema_decay=0.9999, checkpointing_steps=500,
+    ),
     # --- tests ---
     "tiny-joint": _recipe(dataset_name="digits", global_batch_size=8, max_train_steps=3, learning_rate_encoder=1e-3,
                           learning_rate_decoder=1e-3, learning_rate_label_anchors=1e-2, lr_warmup_steps=2, ema_decay=0.999,
