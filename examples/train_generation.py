@@ -19,7 +19,6 @@ samples draw the latent from N(0, I)). `--without_lzn_latent` trains the plain R
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -27,44 +26,27 @@ import torch
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from torch import nn
-from tqdm.auto import tqdm
 
 from lzn_hf import LZNModel
 from lzn_hf.latent_flow import gather_anchors
 from lzn_hf.model_cards import write_model_card
 from lzn_hf.training_utils import (
-    RF_T_MIN,
-    EpochShuffleSampler,
     ModuleEMA,
-    RunningMeans,
-    TrainingCounters,
-    TrainingHistory,
+    adam_with_warmup,
     add_training_args,
-    all_processes_finite,
     dataset_id,
+    end_training,
     finalize_training_args,
-    global_to_local_batch_size,
-    iterate_batches,
-    linear_warmup,
     load_lzn_config,
     load_training_data,
     make_accelerator,
-    module_param_groups,
-    push_folder_to_hub,
-    rank_rand,
-    rank_randn,
-    random_flip,
+    prepare_training,
+    rectified_flow_inputs,
     rectified_flow_loss,
-    register_checkpoint_hooks,
-    resume_from_checkpoint,
-    resume_position,
-    save_checkpoint,
     save_image_grid,
     save_model_folder,
+    save_pipeline_folder,
     save_training_curves,
-    step_generator,
-    tracker_config,
-    trainable_parameters,
     training_markdown,
     write_run_card,
 )
@@ -107,7 +89,6 @@ class GenerationTrainingModule(nn.Module):
 
 def main(args):
     start_time = time.time()
-    output_dir = Path(args.output_dir)
     accelerator = make_accelerator(args)
     logger.info(accelerator.state, main_process_only=False)
     set_seed(args.seed)
@@ -123,10 +104,6 @@ def main(args):
     if conditional and (class_names is None or len(class_names) != config.image_decoder_config.num_classes):
         found = "no labels" if class_names is None else f"{len(class_names)} classes"
         raise ValueError(f"the decoder of --config {args.config!r} takes {config.image_decoder_config.num_classes} classes; the data has {found}")
-    batch_size = global_to_local_batch_size(args, accelerator.num_processes)
-    args.global_batch_size = batch_size * accelerator.num_processes  # N: the anchors that define the zones
-    if len(train_dataset) < batch_size * accelerator.num_processes:
-        raise ValueError(f"{len(train_dataset)} training images are fewer than one global batch ({batch_size} x {accelerator.num_processes})")
     model = LZNModel(config)
     if model.label_anchors is not None:
         model.label_anchors.requires_grad_(False)  # not trained in case study 1 (see train_joint.py)
@@ -134,124 +111,36 @@ def main(args):
         model.image_encoder.requires_grad_(False)
     training_module = GenerationTrainingModule(model, use_lzn_latent=not args.without_lzn_latent)
     ema = ModuleEMA(model, args.ema_decay, parts=("image_decoder",) if args.without_lzn_latent else ("image_encoder", "image_decoder"))
+    optimizer, lr_scheduler = adam_with_warmup(args, {
+        "image_encoder": (None if args.without_lzn_latent else model.image_encoder, args.learning_rate_encoder),
+        "image_decoder": (model.image_decoder, args.learning_rate_decoder),
+    })
 
-    optimizer = torch.optim.Adam(
-        module_param_groups({
-            "image_encoder": (None if args.without_lzn_latent else model.image_encoder, args.learning_rate_encoder),
-            "image_decoder": (model.image_decoder, args.learning_rate_decoder),
-        }),
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
-        weight_decay=args.adam_weight_decay,
-    )
-    lr_scheduler = linear_warmup(optimizer, args.lr_warmup_steps)  # per update (not prepared: see train_joint.py)
-    sampler = EpochShuffleSampler(len(train_dataset), seed=args.seed)
-    train_dataloader = torch.utils.data.DataLoader(
-        train_dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=args.dataloader_num_workers
-    )
-    counters = TrainingCounters(skipped_steps=0)
-    register_checkpoint_hooks(accelerator, ema, LZNModel)
-    accelerator.register_for_checkpointing(counters, lr_scheduler)
-    training_module, optimizer, train_dataloader = accelerator.prepare(training_module, optimizer, train_dataloader)
-    ema.to(accelerator.device)
-    if accelerator.is_main_process and args.report_to:
-        accelerator.init_trackers("lzn_train_generation", config=tracker_config(args))
-
-    global_step = resume_from_checkpoint(accelerator, args.resume_from_checkpoint, output_dir)
-    first_epoch, batches_to_skip = resume_position(global_step, len(train_dataloader), args.gradient_accumulation_steps)
-    logger.info(f"***** training: updates {global_step} -> {args.max_train_steps}, global batch {batch_size} x "
-                f"{accelerator.num_processes} processes, {len(train_dataset)} images *****")
-    history = TrainingHistory(output_dir / args.logging_dir / "history.jsonl")
-    progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
+    # data loader, checkpoint hooks, accelerator.prepare, trackers, resume (see train_joint.py)
+    training_module, loop = prepare_training(accelerator, args, training_module, optimizer, lr_scheduler, ema, train_dataset,
+                                             "lzn_train_generation", progress_postfix={"loss": "{loss:.4f}"})
     rank, world = accelerator.process_index, accelerator.num_processes
-    running, micro_step, bad_update = RunningMeans(), 0, False
-    steps_at_start, train_start = global_step, time.time()
-    for batch in iterate_batches(accelerator, train_dataloader, sampler, first_epoch, batches_to_skip):
-        if global_step >= args.max_train_steps:
-            break
+    for batch in loop.batches():
         with accelerator.accumulate(training_module):
-            pixel_values = batch["pixel_values"]
-            generator = step_generator(args.seed, global_step * args.gradient_accumulation_steps + micro_step, accelerator.device)
-            local = pixel_values.shape[0]
-            if args.random_flip:
-                pixel_values = random_flip(pixel_values, rank_rand([local], generator, rank, world))
-            latent_noise = rank_randn([local, config.latent_dim], generator, rank, world)
-            image_noise = rank_randn(pixel_values.shape, generator, rank, world)
-            sigmas = (1.0 - RF_T_MIN) * rank_rand([local], generator, rank, world)  # sigma = 1 - t, t ~ U[1e-3, 1]
+            # flips, latent noise, image noise, sigmas: functions of (seed, micro-batch, place in the global batch)
+            pixel_values, latent_noise, image_noise, sigmas = rectified_flow_inputs(
+                batch["pixel_values"], loop.noise_generator(), config.latent_dim, args.random_flip, rank, world
+            )  # [B, C, H, W], [B, d], [B, C, H, W], [B]
             loss = training_module(pixel_values, latent_noise, image_noise, sigmas, batch["labels"] if conditional else None)
-            if all_processes_finite(accelerator, loss):
-                accelerator.backward(loss)
-                running.add(loss=loss)
-            else:
-                bad_update = True
-            grad_norm = None
-            if accelerator.sync_gradients:
-                if not bad_update:
-                    grad_norm = accelerator.clip_grad_norm_(trainable_parameters(model), args.max_grad_norm)
-                    bad_update = not torch.isfinite(grad_norm).item()
-                if not bad_update:
-                    optimizer.step()
-                    lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-        micro_step += 1
-        if not accelerator.sync_gradients:
-            continue
+            loop.backward_and_step(loss, loss=loss)
+        loop.end_micro_batch()
+    metrics = loop.finish()
 
-        if bad_update:
-            counters["skipped_steps"] += 1
-            logger.warning(f"update {global_step + 1}: non-finite loss or gradient norm on some process, skipped")
-        else:
-            ema.step(model)
-        global_step += 1
-        micro_step, bad_update = 0, False
-        progress_bar.update(1)
-        if global_step % args.logging_steps == 0 or global_step == args.max_train_steps:
-            logs = running.reduce(accelerator)
-            if grad_norm is not None:
-                logs["grad_norm"] = grad_norm.item()
-            logs.update({f"lr/{group['name']}": lr for group, lr in zip(optimizer.param_groups, lr_scheduler.get_last_lr())})
-            logs["skipped_steps"] = counters["skipped_steps"]
-            accelerator.log(logs, step=global_step)
-            if accelerator.is_main_process:
-                history.append(global_step, logs)
-            if "loss" in logs:
-                progress_bar.set_postfix(loss=f"{logs['loss']:.4f}")
-        if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-    progress_bar.close()
-    train_time = time.time() - train_start
-    if args.checkpointing_steps and global_step % args.checkpointing_steps and global_step > steps_at_start:
-        save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-
-    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        metrics = {"train_updates": global_step - steps_at_start, "train_wall_time_s": train_time,
-                   "seconds_per_update": train_time / max(1, global_step - steps_at_start),
-                   "skipped_steps": counters["skipped_steps"], "num_processes": world}
-        ema_model = ema.averaged_model(accelerator.unwrap_model(training_module).lzn).cpu()
-        export(args, ema_model, class_names if conditional else None, history, metrics, start_time)
-    accelerator.end_training()
-    if args.push_to_hub and accelerator.is_main_process:
-        try:
-            repo_id = push_folder_to_hub(output_dir, args.hub_model_id, args.hub_token, args.hub_private_repo,
-                                         commit_message=f"LZN case study 1, update {global_step}")
-            logger.info(f"pushed {output_dir} to https://huggingface.co/{repo_id}")
-        except RuntimeError as error:
-            logger.error(str(error))
-            sys.exit(1)
+        export(args, loop.averaged_model(), class_names if conditional else None, loop.history, metrics, start_time)
+    end_training(accelerator, args, commit_message=f"LZN case study 1, update {loop.global_step}")
 
 
 def export(args, ema_model, class_names, history, metrics, start_time):
     """The EMA `LZNModel` (`model/`), the `LZNPipeline` (`pipeline/`), model cards, samples.png, curves, metrics.json."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from lzn_hf.pipeline_lzn import LZNPipeline
-
     output_dir = Path(args.output_dir)
     save_model_folder(ema_model, output_dir / "model")
-    pipeline = LZNPipeline(image_decoder=ema_model.image_decoder, label_anchors=ema_model.label_anchors, scheduler=FlowMatchEulerDiscreteScheduler())
-    pipeline.set_progress_bar_config(disable=True)
-    pipeline.save_pretrained(output_dir / "pipeline")
+    pipeline = save_pipeline_folder(ema_model, output_dir / "pipeline")
 
     generator = torch.Generator().manual_seed(args.seed)
     if not args.skip_evaluation:

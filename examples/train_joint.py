@@ -23,7 +23,6 @@ the classifier with its anchor bank (`classifier/`), model cards, `samples.png`,
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -31,51 +30,33 @@ import torch
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from torch import nn
-from tqdm.auto import tqdm
 
 from lzn_hf import LZNForImageClassification, LZNModel
 from lzn_hf.latent_flow import gather_anchors, latents_to_anchors
 from lzn_hf.model_cards import write_model_card
 from lzn_hf.training_utils import (
-    RF_T_MIN,
-    EpochShuffleSampler,
     ModuleEMA,
-    RunningMeans,
-    TrainingCounters,
-    TrainingHistory,
+    adam_with_warmup,
     add_training_args,
-    all_processes_finite,
     batch_mode_accuracy,
     dataset_id,
+    end_training,
     finalize_training_args,
     fit_pixel_judge,
-    freeze_module,
     global_class_weights,
-    global_to_local_batch_size,
-    iterate_batches,
     label_alignment_loss,
-    linear_warmup,
     load_lzn_config,
     load_training_data,
     make_accelerator,
-    module_param_groups,
-    push_folder_to_hub,
-    rank_rand,
-    rank_randn,
-    random_flip,
+    prepare_training,
+    rectified_flow_inputs,
     rectified_flow_loss,
-    register_checkpoint_hooks,
-    resume_from_checkpoint,
-    resume_position,
-    save_checkpoint,
     save_image_grid,
     save_model_folder,
+    save_pipeline_folder,
     save_training_curves,
-    step_generator,
     stack_dataset,
-    tracker_config,
     train_cross_entropy_classifier,
-    trainable_parameters,
     training_markdown,
     write_run_card,
 )
@@ -134,7 +115,6 @@ class JointTrainingModule(nn.Module):
 
 def main(args):
     start_time = time.time()
-    output_dir = Path(args.output_dir)
     accelerator = make_accelerator(args, find_unused_parameters=args.decoder_freeze_step is not None)
     logger.info(accelerator.state, main_process_only=False)
     set_seed(args.seed)  # the same initial weights on every process
@@ -156,153 +136,61 @@ def main(args):
         config.label_anchors_config.id2label = dict(enumerate(class_names))  # name the classes after the data
         config.label_anchors_config.label2id = {name: i for i, name in enumerate(class_names)}
         config.id2label, config.label2id = dict(config.label_anchors_config.id2label), dict(config.label_anchors_config.label2id)
-    batch_size = global_to_local_batch_size(args, accelerator.num_processes)
-    args.global_batch_size = batch_size * accelerator.num_processes  # N: the anchors that define the zones
-    if len(train_dataset) < batch_size * accelerator.num_processes:
-        raise ValueError(f"{len(train_dataset)} training images are fewer than one global batch ({batch_size} x {accelerator.num_processes})")
     model = LZNModel(config)
     training_module = JointTrainingModule(model)
     ema = ModuleEMA(model, args.ema_decay)
     num_parameters = {name: sum(p.numel() for p in getattr(model, name).parameters()) for name in ema.parts}
     logger.info(f"parameters: {num_parameters}")
+    optimizer, lr_scheduler = adam_with_warmup(args, {
+        "image_encoder": (model.image_encoder, args.learning_rate_encoder),
+        "image_decoder": (model.image_decoder, args.learning_rate_decoder),
+        "label_anchors": (model.label_anchors, args.learning_rate_label_anchors),
+    })
 
-    optimizer = torch.optim.Adam(
-        module_param_groups({
-            "image_encoder": (model.image_encoder, args.learning_rate_encoder),
-            "image_decoder": (model.image_decoder, args.learning_rate_decoder),
-            "label_anchors": (model.label_anchors, args.learning_rate_label_anchors),
-        }),
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
-        weight_decay=args.adam_weight_decay,
+    # data loader, checkpoint hooks, accelerator.prepare, trackers; resume: weights, EMA, optimizer, scheduler,
+    # RNG states and counters (the data position follows from the step)
+    training_module, loop = prepare_training(
+        accelerator, args, training_module, optimizer, lr_scheduler, ema, train_dataset, "lzn_train_joint",
+        progress_postfix={"loss": "{loss:.3f}", "acc": "{train_accuracy:.2f}"},
+        extra_logs=lambda: {"ema_decay": ema.averages["image_encoder"].effective_decay()},
     )
-    # stepped once per update, whatever the number of processes (so it is not handed to accelerator.prepare)
-    lr_scheduler = linear_warmup(optimizer, args.lr_warmup_steps)
-    sampler = EpochShuffleSampler(len(train_dataset), seed=args.seed)
-    train_dataloader = torch.utils.data.DataLoader(
-        train_dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=args.dataloader_num_workers
-    )
-    counters = TrainingCounters(skipped_steps=0)
-    register_checkpoint_hooks(accelerator, ema, LZNModel)
-    accelerator.register_for_checkpointing(counters, lr_scheduler)
-    training_module, optimizer, train_dataloader = accelerator.prepare(training_module, optimizer, train_dataloader)
-    ema.to(accelerator.device)
-    if accelerator.is_main_process and args.report_to:
-        accelerator.init_trackers("lzn_train_joint", config=tracker_config(args))
+    if args.decoder_freeze_step is not None and loop.global_step >= args.decoder_freeze_step:
+        loop.freeze("image_decoder")
 
-    # resume: weights, EMA, optimizer, scheduler, RNG states and counters; the data position follows from the step
-    global_step = resume_from_checkpoint(accelerator, args.resume_from_checkpoint, output_dir)
-    first_epoch, batches_to_skip = resume_position(global_step, len(train_dataloader), args.gradient_accumulation_steps)
-    frozen = set()
-    if args.decoder_freeze_step is not None and global_step >= args.decoder_freeze_step:
-        freeze_module(model.image_decoder)
-        frozen.add("image_decoder")
-
-    logger.info(f"***** training: updates {global_step} -> {args.max_train_steps}, global batch {batch_size} x "
-                f"{accelerator.num_processes} processes, {len(train_dataset)} images *****")
-    history = TrainingHistory(output_dir / args.logging_dir / "history.jsonl")
-    progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
     rank, world = accelerator.process_index, accelerator.num_processes
-    running, micro_step, bad_update = RunningMeans(), 0, False
-    steps_at_start, train_start = global_step, time.time()
-    for batch in iterate_batches(accelerator, train_dataloader, sampler, first_epoch, batches_to_skip):
-        if global_step >= args.max_train_steps:
-            break
+    for batch in loop.batches():
         with accelerator.accumulate(training_module):
-            pixel_values, labels = batch["pixel_values"], batch["labels"]
+            labels = batch["labels"]
             # every draw is a function of (seed, micro-batch, place in the global batch): resumable, world-size-free
-            generator = step_generator(args.seed, global_step * args.gradient_accumulation_steps + micro_step, accelerator.device)
-            local = pixel_values.shape[0]
-            if args.random_flip:
-                pixel_values = random_flip(pixel_values, rank_rand([local], generator, rank, world))
-            latent_noise = rank_randn([local, config.latent_dim], generator, rank, world)
-            image_noise = rank_randn(pixel_values.shape, generator, rank, world)
-            sigmas = (1.0 - RF_T_MIN) * rank_rand([local], generator, rank, world)  # sigma = 1 - t, t ~ U[1e-3, 1]
+            pixel_values, latent_noise, image_noise, sigmas = rectified_flow_inputs(
+                batch["pixel_values"], loop.noise_generator(), config.latent_dim, args.random_flip, rank, world
+            )  # [B, C, H, W], [B, d], [B, C, H, W], [B]
             class_weights = global_class_weights(accelerator, labels, num_classes)
             rf_loss, label_loss, accuracy = training_module(pixel_values, labels, latent_noise, image_noise, sigmas, class_weights)
             loss = args.rf_loss_weight * rf_loss + args.label_loss_weight * label_loss
-            if global_step + 1 in args.debug_nonfinite_steps and rank == world - 1:
+            if loop.global_step + 1 in args.debug_nonfinite_steps and rank == world - 1:
                 loss = loss * float("nan")  # test hook: a non-finite loss on one process only
-            if all_processes_finite(accelerator, loss):
-                accelerator.backward(loss)
-                running.add(loss=loss, rf_loss=rf_loss, label_loss=label_loss, train_accuracy=accuracy)
-            else:
-                bad_update = True  # every process drops the whole update
-            grad_norm = None
-            if accelerator.sync_gradients:
-                if not bad_update:
-                    grad_norm = accelerator.clip_grad_norm_(trainable_parameters(model), args.max_grad_norm)
-                    bad_update = not torch.isfinite(grad_norm).item()
-                if not bad_update:
-                    optimizer.step()
-                    lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-        micro_step += 1
-        if not accelerator.sync_gradients:
-            continue
+            # skipped on every process if non-finite anywhere; else backward, and at the update's end clip and step
+            loop.backward_and_step(loss, loss=loss, rf_loss=rf_loss, label_loss=label_loss, train_accuracy=accuracy)
+        # after an update: EMA (not of frozen parts), logs, checkpoint
+        if loop.end_micro_batch() and loop.global_step == args.decoder_freeze_step:
+            loop.freeze("image_decoder")
+            logger.info(f"update {loop.global_step}: decoder frozen; the encoder and the label anchors keep training")
+    timing = loop.finish()  # with a last checkpoint: a resumable end state
 
-        # one update done
-        if bad_update:
-            counters["skipped_steps"] += 1
-            logger.warning(f"update {global_step + 1}: non-finite loss or gradient norm on some process, skipped")
-        else:
-            ema.step(model, skip=frozen)
-        global_step += 1
-        micro_step, bad_update = 0, False
-        progress_bar.update(1)
-        if args.decoder_freeze_step is not None and global_step == args.decoder_freeze_step:
-            freeze_module(model.image_decoder)
-            frozen.add("image_decoder")
-            logger.info(f"update {global_step}: decoder frozen; the encoder and the label anchors keep training")
-        if global_step % args.logging_steps == 0 or global_step == args.max_train_steps:
-            logs = running.reduce(accelerator)
-            if grad_norm is not None:
-                logs["grad_norm"] = grad_norm.item()
-            logs.update({f"lr/{group['name']}": lr for group, lr in zip(optimizer.param_groups, lr_scheduler.get_last_lr())})
-            logs.update(skipped_steps=counters["skipped_steps"], ema_decay=ema.averages["image_encoder"].effective_decay())
-            accelerator.log(logs, step=global_step)
-            if accelerator.is_main_process:
-                history.append(global_step, logs)
-            if "loss" in logs:
-                progress_bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['train_accuracy']:.2f}")
-        if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-    progress_bar.close()
-    train_time = time.time() - train_start
-    if args.checkpointing_steps and global_step % args.checkpointing_steps and global_step > steps_at_start:
-        save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)  # a resumable end state
-
-    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        timing = {"train_updates": global_step - steps_at_start, "train_wall_time_s": train_time,
-                  "seconds_per_update": train_time / max(1, global_step - steps_at_start), "skipped_steps": counters["skipped_steps"],
-                  "num_processes": world, "global_batch_size": batch_size * world}
-        ema_model = ema.averaged_model(accelerator.unwrap_model(training_module).lzn).cpu()
-        export_and_evaluate(args, ema_model, train_dataset, test_dataset, history, timing, start_time)
-    accelerator.end_training()
-    if args.push_to_hub and accelerator.is_main_process:
-        try:
-            repo_id = push_folder_to_hub(output_dir, args.hub_model_id, args.hub_token, args.hub_private_repo,
-                                         commit_message=f"LZN case study 3, update {global_step}")
-            logger.info(f"pushed {output_dir} to https://huggingface.co/{repo_id}")
-        except RuntimeError as error:
-            logger.error(str(error))
-            sys.exit(1)
+        timing["global_batch_size"] = args.global_batch_size
+        export_and_evaluate(args, loop.averaged_model(), train_dataset, test_dataset, loop.history, timing, start_time)
+    end_training(accelerator, args, commit_message=f"LZN case study 3, update {loop.global_step}")
 
 
 def export_and_evaluate(args, ema_model, train_dataset, test_dataset, history, timing, start_time):
     """Save the EMA LZNModel (`model/`), the pipeline (`pipeline/`), the classifier (`classifier/`), cards, PNGs, metrics."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from lzn_hf.pipeline_lzn import LZNPipeline
-
     output_dir = Path(args.output_dir)
     torch.manual_seed(args.seed)
     ema_model.eval()
     save_model_folder(ema_model, output_dir / "model")
-    pipeline = LZNPipeline(image_decoder=ema_model.image_decoder, label_anchors=ema_model.label_anchors, scheduler=FlowMatchEulerDiscreteScheduler())
-    pipeline.set_progress_bar_config(disable=True)
-    pipeline.save_pretrained(output_dir / "pipeline")
+    pipeline = save_pipeline_folder(ema_model, output_dir / "pipeline")
 
     train_images, train_labels = stack_dataset(train_dataset, args.max_eval_samples)
     classifier = LZNForImageClassification.from_pretrained(output_dir / "model").eval()

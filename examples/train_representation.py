@@ -19,7 +19,6 @@ written in torch (`training_utils.simclr_augment`; torchvision is not needed).
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -27,44 +26,29 @@ import torch
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from torch import nn
-from tqdm.auto import tqdm
 
 from lzn_hf import LZNModel
 from lzn_hf.evaluation import linear_probe_accuracy
 from lzn_hf.latent_flow import gather_anchors, latents_to_anchors
 from lzn_hf.model_cards import write_model_card
 from lzn_hf.training_utils import (
-    EpochShuffleSampler,
     ModuleEMA,
-    RunningMeans,
-    TrainingCounters,
-    TrainingHistory,
+    adam_with_warmup,
     add_training_args,
-    all_processes_finite,
     assignment_loss,
     dataset_id,
+    end_training,
     finalize_training_args,
-    global_to_local_batch_size,
-    iterate_batches,
-    linear_warmup,
     load_lzn_config,
     load_training_data,
     make_accelerator,
-    module_param_groups,
-    push_folder_to_hub,
+    prepare_training,
     rank_randn,
-    register_checkpoint_hooks,
-    resume_from_checkpoint,
-    resume_position,
-    save_checkpoint,
     save_image_grid,
     save_model_folder,
     save_training_curves,
     simclr_augment,
     stack_dataset,
-    step_generator,
-    tracker_config,
-    trainable_parameters,
     training_markdown,
     write_run_card,
 )
@@ -81,6 +65,8 @@ def parse_args(argv=None):
     representation.add_argument("--gradient_checkpointing", action="store_true",
                                 help="recompute each step of the reverse flow over the view-2 anchors in backward (upstream checkpoints its Euler flows).")
     representation.add_argument("--crop_min_scale", type=float, default=0.08, help="smallest crop area of the random resized crop.")
+    representation.add_argument("--flip_prob", type=float, default=0.5,
+                                help="probability of a horizontal flip (0 for data that flips change, such as digits).")
     representation.add_argument("--jitter_strength", type=float, default=1.0, help="SimCLR colour-jitter strength s.")
     representation.add_argument("--max_eval_samples", type=int, default=10_000, help="images per split for the linear probe.")
     return finalize_training_args(parser.parse_args(argv))
@@ -115,7 +101,6 @@ class RepresentationTrainingModule(nn.Module):
 
 def main(args):
     start_time = time.time()
-    output_dir = Path(args.output_dir)
     accelerator = make_accelerator(args)
     logger.info(accelerator.state, main_process_only=False)
     set_seed(args.seed)
@@ -126,10 +111,6 @@ def main(args):
         raise ValueError(f"--resolution {args.resolution}: the config's NCSN++ encoder takes {encoder_config.image_size}x{encoder_config.image_size} images")
     resolution = args.resolution or encoder_config.image_size
     train_dataset, test_dataset, _ = load_training_data(args, resolution, encoder_config.num_channels)
-    batch_size = global_to_local_batch_size(args, accelerator.num_processes)
-    args.global_batch_size = batch_size * accelerator.num_processes  # N: the anchors that define the zones
-    if len(train_dataset) < batch_size * accelerator.num_processes:
-        raise ValueError(f"{len(train_dataset)} training images are fewer than one global batch ({batch_size} x {accelerator.num_processes})")
     model = LZNModel(config)
     for part in (model.image_decoder, model.label_anchors):  # only the encoder trains in case study 2
         if part is not None:
@@ -137,108 +118,32 @@ def main(args):
     training_module = RepresentationTrainingModule(model, config.label_loss_cutoff, args.cross_entropy_weight, args.prob_weight,
                                                    args.gradient_checkpointing)
     ema = ModuleEMA(model, args.ema_decay, parts=("image_encoder",))
+    optimizer, lr_scheduler = adam_with_warmup(args, {"image_encoder": (model.image_encoder, args.learning_rate_encoder)})
 
-    optimizer = torch.optim.Adam(
-        module_param_groups({"image_encoder": (model.image_encoder, args.learning_rate_encoder)}),
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
-        weight_decay=args.adam_weight_decay,
-    )
-    lr_scheduler = linear_warmup(optimizer, args.lr_warmup_steps)  # per update (not prepared: see train_joint.py)
-    sampler = EpochShuffleSampler(len(train_dataset), seed=args.seed)
-    train_dataloader = torch.utils.data.DataLoader(
-        train_dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=args.dataloader_num_workers
-    )
-    counters = TrainingCounters(skipped_steps=0)
-    register_checkpoint_hooks(accelerator, ema, LZNModel)
-    accelerator.register_for_checkpointing(counters, lr_scheduler)
-    training_module, optimizer, train_dataloader = accelerator.prepare(training_module, optimizer, train_dataloader)
-    ema.to(accelerator.device)
-    if accelerator.is_main_process and args.report_to:
-        accelerator.init_trackers("lzn_train_representation", config=tracker_config(args))
-
-    global_step = resume_from_checkpoint(accelerator, args.resume_from_checkpoint, output_dir)
-    first_epoch, batches_to_skip = resume_position(global_step, len(train_dataloader), args.gradient_accumulation_steps)
-    logger.info(f"***** training: updates {global_step} -> {args.max_train_steps}, global batch {batch_size} x "
-                f"{accelerator.num_processes} processes, {len(train_dataset)} images *****")
-    history = TrainingHistory(output_dir / args.logging_dir / "history.jsonl")
-    progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
+    # data loader, checkpoint hooks, accelerator.prepare, trackers, resume (see train_joint.py)
+    training_module, loop = prepare_training(accelerator, args, training_module, optimizer, lr_scheduler, ema, train_dataset,
+                                             "lzn_train_representation",
+                                             progress_postfix={"loss": "{loss:.3f}", "acc": "{assignment_accuracy:.2f}"})
     rank, world = accelerator.process_index, accelerator.num_processes
-    augment = dict(crop_scale=(args.crop_min_scale, 1.0), jitter_strength=args.jitter_strength, process_index=rank, num_processes=world)
-    running, micro_step, bad_update = RunningMeans(), 0, False
-    steps_at_start, train_start = global_step, time.time()
-    for batch in iterate_batches(accelerator, train_dataloader, sampler, first_epoch, batches_to_skip):
-        if global_step >= args.max_train_steps:
-            break
+    augment = dict(crop_scale=(args.crop_min_scale, 1.0), flip_prob=args.flip_prob, jitter_strength=args.jitter_strength,
+                   process_index=rank, num_processes=world)
+    for batch in loop.batches():
         with accelerator.accumulate(training_module):
             pixel_values = batch["pixel_values"]
-            generator = step_generator(args.seed, global_step * args.gradient_accumulation_steps + micro_step, accelerator.device)
+            generator = loop.noise_generator()
             local = pixel_values.shape[0]
             view1 = simclr_augment(pixel_values, generator, **augment)
             view2 = simclr_augment(pixel_values, generator, **augment)
             latent_noise = rank_randn([local, config.latent_dim], generator, rank, world)  # x prior_noise_scale (0.45) inside
             targets = rank * local + torch.arange(local, device=pixel_values.device)  # the same image's view-2 anchor
             loss, accuracy = training_module(view1, view2, latent_noise, targets)
-            if all_processes_finite(accelerator, loss):
-                accelerator.backward(loss)
-                running.add(loss=loss, assignment_accuracy=accuracy)
-            else:
-                bad_update = True
-            grad_norm = None
-            if accelerator.sync_gradients:
-                if not bad_update:
-                    grad_norm = accelerator.clip_grad_norm_(trainable_parameters(model), args.max_grad_norm)
-                    bad_update = not torch.isfinite(grad_norm).item()
-                if not bad_update:
-                    optimizer.step()
-                    lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-        micro_step += 1
-        if not accelerator.sync_gradients:
-            continue
+            loop.backward_and_step(loss, loss=loss, assignment_accuracy=accuracy)
+        loop.end_micro_batch()
+    metrics = loop.finish()
 
-        if bad_update:
-            counters["skipped_steps"] += 1
-            logger.warning(f"update {global_step + 1}: non-finite loss or gradient norm on some process, skipped")
-        else:
-            ema.step(model)
-        global_step += 1
-        micro_step, bad_update = 0, False
-        progress_bar.update(1)
-        if global_step % args.logging_steps == 0 or global_step == args.max_train_steps:
-            logs = running.reduce(accelerator)
-            if grad_norm is not None:
-                logs["grad_norm"] = grad_norm.item()
-            logs.update({f"lr/{group['name']}": lr for group, lr in zip(optimizer.param_groups, lr_scheduler.get_last_lr())})
-            logs["skipped_steps"] = counters["skipped_steps"]
-            accelerator.log(logs, step=global_step)
-            if accelerator.is_main_process:
-                history.append(global_step, logs)
-            if "loss" in logs:
-                progress_bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['assignment_accuracy']:.2f}")
-        if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-    progress_bar.close()
-    train_time = time.time() - train_start
-    if args.checkpointing_steps and global_step % args.checkpointing_steps and global_step > steps_at_start:
-        save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-
-    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        metrics = {"train_updates": global_step - steps_at_start, "train_wall_time_s": train_time,
-                   "seconds_per_update": train_time / max(1, global_step - steps_at_start),
-                   "skipped_steps": counters["skipped_steps"], "num_processes": world}
-        ema_model = ema.averaged_model(accelerator.unwrap_model(training_module).lzn).cpu()
-        export(args, ema_model, train_dataset, test_dataset, history, metrics, start_time)
-    accelerator.end_training()
-    if args.push_to_hub and accelerator.is_main_process:
-        try:
-            repo_id = push_folder_to_hub(output_dir, args.hub_model_id, args.hub_token, args.hub_private_repo,
-                                         commit_message=f"LZN case study 2, update {global_step}")
-            logger.info(f"pushed {output_dir} to https://huggingface.co/{repo_id}")
-        except RuntimeError as error:
-            logger.error(str(error))
-            sys.exit(1)
+        export(args, loop.averaged_model(), train_dataset, test_dataset, loop.history, metrics, start_time)
+    end_training(accelerator, args, commit_message=f"LZN case study 2, update {loop.global_step}")
 
 
 def export(args, ema_model, train_dataset, test_dataset, history, metrics, start_time):
@@ -249,7 +154,8 @@ def export(args, ema_model, train_dataset, test_dataset, history, metrics, start
     if not args.skip_evaluation:
         # what the encoder is trained on: two views of eight images
         examples = train_images[:8]
-        views = [simclr_augment(examples, torch.Generator().manual_seed(args.seed + k)) for k in range(2)]
+        augment = dict(crop_scale=(args.crop_min_scale, 1.0), flip_prob=args.flip_prob, jitter_strength=args.jitter_strength)
+        views = [simclr_augment(examples, torch.Generator().manual_seed(args.seed + k), **augment) for k in range(2)]
         to01 = lambda x: ((x + 1) / 2).permute(0, 2, 3, 1).numpy()  # noqa: E731
         save_image_grid([to01(examples), to01(views[0]), to01(views[1])], output_dir / "views.png", row_labels=["image", "view 1", "view 2"])
         if test_dataset is not None and train_labels is not None:

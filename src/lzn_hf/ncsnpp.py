@@ -34,7 +34,7 @@ Only the block variants used by the released LZN models are implemented: ``resbl
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -356,6 +356,14 @@ class InputSkipCombine(nn.Module):
         return h + hidden_states
 
 
+def _block_kwargs(
+    temb_channels: Optional[int], dropout: float, fir: bool, fir_kernel: Sequence[float], skip_rescale: bool, init_scale: float
+) -> Dict[str, Any]:
+    """The keyword arguments every :class:`ResnetBlockBigGAN` of one network shares (the levels pass them on)."""
+    return dict(temb_channels=temb_channels, dropout=dropout, fir=fir, fir_kernel=fir_kernel, skip_rescale=skip_rescale,
+                init_scale=init_scale)
+
+
 class NCSNppDownLevel(nn.Module):
     """One resolution level of the NCSN++ down path.
 
@@ -381,14 +389,7 @@ class NCSNppDownLevel(nn.Module):
         init_scale: float,
     ):
         super().__init__()
-        block_kwargs = dict(
-            temb_channels=temb_channels,
-            dropout=dropout,
-            fir=fir,
-            fir_kernel=fir_kernel,
-            skip_rescale=skip_rescale,
-            init_scale=init_scale,
-        )
+        block_kwargs = _block_kwargs(temb_channels, dropout, fir, fir_kernel, skip_rescale, init_scale)
         self.fir = fir
         self.fir_kernel = tuple(fir_kernel)
         self.resnets = nn.ModuleList(
@@ -451,14 +452,7 @@ class NCSNppMidBlock(nn.Module):
         init_scale: float,
     ):
         super().__init__()
-        block_kwargs = dict(
-            temb_channels=temb_channels,
-            dropout=dropout,
-            fir=fir,
-            fir_kernel=fir_kernel,
-            skip_rescale=skip_rescale,
-            init_scale=init_scale,
-        )
+        block_kwargs = _block_kwargs(temb_channels, dropout, fir, fir_kernel, skip_rescale, init_scale)
         self.resnet_1 = ResnetBlockBigGAN(channels, **block_kwargs)
         self.attention = AttnBlock(channels, skip_rescale=skip_rescale, init_scale=init_scale)
         self.resnet_2 = ResnetBlockBigGAN(channels, **block_kwargs)
@@ -494,14 +488,7 @@ class NCSNppUpLevel(nn.Module):
         init_scale: float,
     ):
         super().__init__()
-        block_kwargs = dict(
-            temb_channels=temb_channels,
-            dropout=dropout,
-            fir=fir,
-            fir_kernel=fir_kernel,
-            skip_rescale=skip_rescale,
-            init_scale=init_scale,
-        )
+        block_kwargs = _block_kwargs(temb_channels, dropout, fir, fir_kernel, skip_rescale, init_scale)
         self.fir = fir
         self.fir_kernel = tuple(fir_kernel)
         self.resnets = nn.ModuleList(
@@ -678,6 +665,7 @@ class NCSNppEncoder(nn.Module):
         self.progressive_input = progressive_input.lower()
         num_levels = len(ch_mult)
         resolutions = [image_size // 2**i for i in range(num_levels)]
+        block_kwargs = _block_kwargs(None, dropout, fir, fir_kernel, skip_rescale, init_scale)  # no time conditioning
 
         self.conv_in = _conv3x3(in_channels, nf)
         feature_channels = [nf]
@@ -694,12 +682,7 @@ class NCSNppEncoder(nn.Module):
                 add_downsample=not is_last,
                 input_skip_channels=in_channels if self.progressive_input == "input_skip" else None,
                 combine_method=progressive_combine.lower(),
-                temb_channels=None,
-                dropout=dropout,
-                fir=fir,
-                fir_kernel=fir_kernel,
-                skip_rescale=skip_rescale,
-                init_scale=init_scale,
+                **block_kwargs,
             )
             down_blocks.append(block)
             feature_channels += block.feature_channels
@@ -708,15 +691,7 @@ class NCSNppEncoder(nn.Module):
                 feature_resolutions.append(resolutions[level + 1])
             channels = block.feature_channels[-1]
         self.down_blocks = nn.ModuleList(down_blocks)
-        self.mid_block = NCSNppMidBlock(
-            channels,
-            temb_channels=None,
-            dropout=dropout,
-            fir=fir,
-            fir_kernel=fir_kernel,
-            skip_rescale=skip_rescale,
-            init_scale=init_scale,
-        )
+        self.mid_block = NCSNppMidBlock(channels, **block_kwargs)
         feature_channels.append(channels)
         feature_resolutions.append(resolutions[-1])
 
@@ -827,14 +802,7 @@ class NCSNppDecoder(nn.Module):
         num_levels = len(ch_mult)
         resolutions = [image_size // 2**i for i in range(num_levels)]
         temb_channels = 4 * nf
-        block_kwargs = dict(
-            temb_channels=temb_channels,
-            dropout=dropout,
-            fir=fir,
-            fir_kernel=fir_kernel,
-            skip_rescale=skip_rescale,
-            init_scale=init_scale,
-        )
+        block_kwargs = _block_kwargs(temb_channels, dropout, fir, fir_kernel, skip_rescale, init_scale)
 
         # conditioning: [latents, one_hot(label), time embedding] -> 4 nf
         if self.embedding_type == "fourier":

@@ -1,0 +1,239 @@
+"""What each training step sees: the data, its order, and its random draws.
+
+* data: scikit-learn's 8x8 digits (offline, fixed held-out split), ``datasets`` image folders / Hub datasets
+  (PIL resize, pixels in [-1, 1], channels first);
+* order: :class:`EpochShuffleSampler`, a permutation per epoch fixed by ``(seed, epoch)``;
+* noise: :func:`step_generator` (seeded by ``(seed, step)``) and :func:`rank_randn` / :func:`rank_rand`
+  (this process's rows of a global draw), so that a resumed run, or one on another number of processes,
+  draws the same numbers for the same sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+#: The digits' held-out split is fixed by this seed (independent of the training --seed), stratified, 20 %.
+DIGITS_SPLIT_SEED = 0
+DIGITS_TEST_FRACTION = 0.2
+
+
+def _resize_images(images: torch.Tensor, resolution: Optional[int], num_channels: Optional[int]) -> torch.Tensor:
+    """Bilinear resize of a [-1, 1] batch to ``resolution`` and channel repeat/average to ``num_channels``."""
+    if resolution is not None and tuple(images.shape[-2:]) != (resolution, resolution):
+        images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+    if num_channels is not None and images.shape[1] != num_channels:
+        if images.shape[1] == 1:
+            images = images.expand(-1, num_channels, -1, -1)
+        elif num_channels == 1:
+            images = images.mean(dim=1, keepdim=True)
+        else:
+            raise ValueError(f"cannot convert {images.shape[1]}-channel images to {num_channels} channels")
+    return images.clamp(-1.0, 1.0).contiguous()
+
+
+def load_digits(
+    split: str = "train",
+    resolution: Optional[int] = None,
+    num_channels: Optional[int] = None,
+    test_fraction: float = DIGITS_TEST_FRACTION,
+    split_seed: int = DIGITS_SPLIT_SEED,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8x8 handwritten digits (shipped with scikit-learn, no download), scaled to [-1, 1].
+
+    Args:
+        split: ``"train"`` (80 %), ``"test"`` (the fixed, stratified held-out 20 %) or ``"all"``.
+        resolution / num_channels: optional resize (bilinear) and channel repeat for bigger models.
+    Returns:
+        ``(pixel_values [N, C, H, W] float32 in [-1, 1], labels [N] int64)``; values ``v`` in 0..16 map to ``v / 8 - 1``.
+    """
+    from sklearn.datasets import load_digits as sklearn_load_digits
+    from sklearn.model_selection import train_test_split
+
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"`split` must be 'train', 'test' or 'all', got {split!r}")
+    digits = sklearn_load_digits()
+    images = torch.from_numpy(digits.images.astype(np.float32) / 8.0 - 1.0)[:, None]  # [1797, 1, 8, 8]
+    labels = torch.from_numpy(digits.target.astype(np.int64))  # [1797]
+    if split != "all":
+        indices = np.arange(len(labels))
+        train_idx, test_idx = train_test_split(indices, test_size=test_fraction, random_state=split_seed, stratify=digits.target)
+        chosen = torch.from_numpy(np.sort(train_idx if split == "train" else test_idx))
+        images, labels = images[chosen], labels[chosen]
+    return _resize_images(images, resolution, num_channels), labels
+
+
+class TensorImageDataset(torch.utils.data.Dataset):
+    """In-memory images ``[N, C, H, W]`` (and optional labels ``[N]``) yielding ``{"pixel_values", "labels"}`` dicts."""
+
+    def __init__(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, class_names: Optional[List[str]] = None):
+        if labels is not None and len(labels) != len(pixel_values):
+            raise ValueError(f"{len(pixel_values)} images but {len(labels)} labels")
+        self.pixel_values, self.labels, self.class_names = pixel_values, labels, class_names
+
+    def __len__(self) -> int:
+        return len(self.pixel_values)
+
+    def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
+        item = {"pixel_values": self.pixel_values[index]}
+        if self.labels is not None:
+            item["labels"] = self.labels[index]
+        return item
+
+
+def _pil_to_tensor(image, resolution: int, num_channels: int) -> torch.Tensor:
+    """PIL image -> ``[C, R, R]`` in [-1, 1]: resize the short side to R (bicubic), centre crop, scale."""
+    from PIL import Image
+
+    image = image.convert("L" if num_channels == 1 else "RGB")
+    width, height = image.size
+    scale = resolution / min(width, height)
+    new_size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    image = image.resize(new_size, resample=Image.BICUBIC)
+    left, top = (new_size[0] - resolution) // 2, (new_size[1] - resolution) // 2
+    image = image.crop((left, top, left + resolution, top + resolution))
+    array = np.asarray(image, dtype=np.float32).reshape(resolution, resolution, num_channels)
+    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def load_image_dataset(
+    resolution: int,
+    num_channels: int,
+    dataset_name: Optional[str] = None,
+    train_data_dir: Optional[str] = None,
+    dataset_config_name: Optional[str] = None,
+    split: str = "train",
+    image_column: Optional[str] = None,
+    label_column: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    max_samples: Optional[int] = None,
+):
+    """An image folder (``load_dataset("imagefolder", data_dir=...)``) or a Hub dataset, as a `datasets.Dataset`
+    whose items are ``{"pixel_values": [C, R, R] in [-1, 1], "labels": int}`` (labels only when the data has them).
+
+    Images are resized (short side, bicubic) and centre-cropped to ``resolution`` with PIL; no torchvision.
+    Returns ``(dataset, class_names or None)``.
+    """
+    from datasets import load_dataset
+
+    try:
+        if train_data_dir is not None:
+            dataset = load_dataset("imagefolder", data_dir=train_data_dir, cache_dir=cache_dir, split=split)
+        else:
+            dataset = load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, split=split)
+    except Exception as error:  # offline, unknown id, missing split: say which and how to get around it
+        source = f"image folder {train_data_dir!r}" if train_data_dir else f"dataset {dataset_name!r}"
+        raise RuntimeError(
+            f"could not load the {split!r} split of {source}: {error}. Offline, use --dataset_name digits or "
+            "--train_data_dir with a local image folder."
+        ) from error
+    columns = dataset.column_names
+    image_column = image_column or next((c for c in ("image", "img", "pixel_values") if c in columns), None)
+    if image_column not in columns:
+        raise ValueError(f"image column {image_column!r} not found; columns are {columns} (pass --image_column)")
+    if label_column is None:
+        label_column = next((c for c in ("label", "labels", "fine_label") if c in columns), None)
+    elif label_column not in columns:
+        raise ValueError(f"label column {label_column!r} not found; columns are {columns}")
+    class_names = None
+    if label_column is not None:
+        feature = dataset.features[label_column]
+        class_names = list(feature.names) if hasattr(feature, "names") else None
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+
+    def transform(batch):
+        out = {"pixel_values": [_pil_to_tensor(image, resolution, num_channels) for image in batch[image_column]]}
+        if label_column is not None:
+            out["labels"] = [int(label) for label in batch[label_column]]
+        return out
+
+    dataset.set_transform(transform)
+    return dataset, class_names
+
+
+def load_training_data(args: argparse.Namespace, resolution: int, num_channels: int, with_test: bool = True):
+    """The training set (and the held-out set when there is one) for ``--dataset_name`` / ``--train_data_dir``.
+
+    Returns ``(train_dataset, test_dataset or None, class_names or None)``; ``digits`` gives in-memory
+    :class:`TensorImageDataset` objects and its fixed held-out 20 %.
+    """
+    if args.train_data_dir is not None and args.dataset_name is not None:
+        raise ValueError("pass --train_data_dir or --dataset_name, not both")
+    if args.dataset_name == "digits":
+        train = TensorImageDataset(*load_digits("train", resolution, num_channels), class_names=[str(i) for i in range(10)])
+        if args.max_train_samples is not None:
+            train = TensorImageDataset(train.pixel_values[: args.max_train_samples], train.labels[: args.max_train_samples], train.class_names)
+        test = TensorImageDataset(*load_digits("test", resolution, num_channels)) if with_test else None
+        return train, test, train.class_names
+    common = dict(
+        resolution=resolution, num_channels=num_channels, dataset_name=args.dataset_name, train_data_dir=args.train_data_dir,
+        dataset_config_name=args.dataset_config_name, image_column=args.image_column, label_column=args.label_column,
+        cache_dir=args.cache_dir,
+    )
+    train, class_names = load_image_dataset(split="train", max_samples=args.max_train_samples, **common)
+    test = None
+    if with_test:
+        for split in ("test", "validation"):
+            try:
+                test, _ = load_image_dataset(split=split, **common)
+                break
+            except (RuntimeError, ValueError):
+                continue
+    return train, test, class_names
+
+
+def stack_dataset(dataset, limit: Optional[int] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The first ``limit`` items of a dataset as tensors: ``(pixel_values [M, C, H, W], labels [M] or None)``."""
+    if isinstance(dataset, TensorImageDataset):
+        return dataset.pixel_values[:limit], None if dataset.labels is None else dataset.labels[:limit]
+    items = [dataset[i] for i in range(min(len(dataset), limit or len(dataset)))]
+    pixel_values = torch.stack([item["pixel_values"] for item in items])
+    labels = torch.tensor([int(item["labels"]) for item in items]) if "labels" in items[0] else None
+    return pixel_values, labels
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler):
+    """A random permutation per epoch, fixed by ``(seed, epoch)``: resuming at epoch e, batch k sees the same data.
+
+    Call :meth:`set_epoch` before each epoch (Accelerate's data loaders forward their ``set_epoch`` here).
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0):
+        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+
+
+def step_generator(seed: int, step: int, device: Any = "cpu") -> torch.Generator:
+    """A generator seeded by ``(seed, step)``: the same on every process and after a resume."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
+
+
+def rank_randn(shape: Sequence[int], generator: torch.Generator, process_index: int, num_processes: int, device=None) -> torch.Tensor:
+    """This process's rows of a global ``[W * B, ...]`` standard-normal draw: ``[B, ...]``.
+
+    Every process draws the whole global batch with the same generator and keeps its rows, so the noise of a
+    sample depends on its position in the global batch only, not on the number of processes.
+    """
+    full = torch.randn((num_processes * shape[0], *shape[1:]), generator=generator, device=device or generator.device)
+    return full[process_index * shape[0] : (process_index + 1) * shape[0]]
+
+
+def rank_rand(shape: Sequence[int], generator: torch.Generator, process_index: int, num_processes: int, device=None) -> torch.Tensor:
+    """Like :func:`rank_randn`, uniform in [0, 1)."""
+    full = torch.rand((num_processes * shape[0], *shape[1:]), generator=generator, device=device or generator.device)
+    return full[process_index * shape[0] : (process_index + 1) * shape[0]]

@@ -1,0 +1,221 @@
+"""Optimisation: per-module Adam groups, upstream's warm-up, per-module EMA, step skipping, the decoder freeze.
+
+* :func:`module_param_groups` / :func:`adam_with_warmup`: one Adam group per part, ``LinearLR`` warm-up;
+* :class:`ExponentialMovingAverage` / :class:`ModuleEMA`: upstream's EMA (warm-up ``min(decay, (1 + n) / (10 + n))``),
+  one per part of the model, so that a frozen part's average stops;
+* :func:`all_processes_finite`: the skip decision for a non-finite loss or gradient, taken on every rank alike;
+* :func:`global_class_weights`, :func:`freeze_module`, :func:`trainable_parameters`, :class:`TrainingCounters`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .losses import class_weights_from_labels
+
+
+def module_param_groups(modules: Mapping[str, Tuple[Optional[nn.Module], float]]) -> List[Dict[str, Any]]:
+    """One Adam parameter group per module, as upstream: ``{"name", "params", "lr"}``; absent modules are skipped."""
+    groups = []
+    for name, (module, lr) in modules.items():
+        if module is None:
+            continue
+        params = [p for p in module.parameters() if p.requires_grad]
+        if params:
+            groups.append({"name": name, "params": params, "lr": lr})
+    if not groups:
+        raise ValueError("no trainable parameters")
+    return groups
+
+
+def linear_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Upstream's schedule: ``LinearLR`` from ``lr / warmup_steps`` to ``lr`` over ``warmup_steps``, then constant."""
+    if warmup_steps <= 0:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup_steps, end_factor=1.0, total_iters=warmup_steps)
+
+
+def adam_with_warmup(args: argparse.Namespace, modules: Mapping[str, Tuple[Optional[nn.Module], float]]):
+    """The optimizer and schedule of every script: Adam over :func:`module_param_groups` (``--adam_beta1``,
+    ``--adam_beta2``, ``--adam_epsilon``, ``--adam_weight_decay``) and :func:`linear_warmup` over ``--lr_warmup_steps``.
+
+    Args:
+        modules: ``{name: (module or None, learning rate)}``, one parameter group each.
+    Returns:
+        ``(optimizer, lr_scheduler)``. The scheduler is stepped once per update, whatever the number of processes,
+        so it is not handed to ``accelerator.prepare`` (registered for checkpointing instead).
+    """
+    optimizer = torch.optim.Adam(
+        module_param_groups(modules),
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.adam_weight_decay,
+    )
+    return optimizer, linear_warmup(optimizer, args.lr_warmup_steps)
+
+
+class ExponentialMovingAverage:
+    """EMA of a module's parameters with upstream's warm-up (score_sde's formula).
+
+    At the n-th update (n = 1, 2, ...): ``decay_n = min(decay, (1 + n) / (10 + n))`` and
+    ``shadow <- decay_n * shadow + (1 - decay_n) * param``. With decay >= 0.9999 the warm-up term binds for
+    most of training (the EMA averages roughly the last n / 9 steps).
+
+    Not diffusers' ``EMAModel``: that one counts updates from 0 (``(1 + n) / (10 + n)`` one step earlier), copies
+    frozen parameters into the average (upstream's EMA of a frozen module stops instead), and saves through
+    diffusers' ``from_config``, which transformers models do not have.
+    """
+
+    def __init__(self, parameters: Iterable[torch.nn.Parameter], decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = float(decay)
+        self.num_updates = 0
+        self.shadow_params = [p.detach().clone() for p in parameters]
+
+    def effective_decay(self, num_updates: Optional[int] = None) -> float:
+        n = self.num_updates if num_updates is None else num_updates
+        return min(self.decay, (1.0 + n) / (10.0 + n))
+
+    @torch.no_grad()
+    def step(self, parameters: Iterable[torch.nn.Parameter]) -> None:
+        self.num_updates += 1
+        one_minus_decay = 1.0 - self.effective_decay()
+        parameters = list(parameters)
+        if len(parameters) != len(self.shadow_params):
+            raise ValueError(f"EMA holds {len(self.shadow_params)} tensors, got {len(parameters)} parameters")
+        for shadow, param in zip(self.shadow_params, parameters):
+            shadow.sub_(one_minus_decay * (shadow - param.detach().to(shadow.dtype)))
+
+    @torch.no_grad()
+    def copy_to(self, parameters: Iterable[torch.nn.Parameter]) -> None:
+        for shadow, param in zip(self.shadow_params, parameters):
+            param.copy_(shadow.to(param.dtype))
+
+    def to(self, device=None) -> "ExponentialMovingAverage":
+        self.shadow_params = [p.to(device=device) for p in self.shadow_params]
+        return self
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"decay": self.decay, "num_updates": self.num_updates, "shadow_params": self.shadow_params}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if len(state["shadow_params"]) != len(self.shadow_params):
+            raise ValueError(f"EMA state has {len(state['shadow_params'])} tensors, expected {len(self.shadow_params)}")
+        self.decay, self.num_updates = float(state["decay"]), int(state["num_updates"])
+        self.shadow_params = [s.detach().clone().to(p.device) for s, p in zip(state["shadow_params"], self.shadow_params)]
+
+
+class ModuleEMA:
+    """One :class:`ExponentialMovingAverage` per top-level part of an LZN model (encoder, decoder, label anchors).
+
+    Each part has its own update counter, so a frozen part's average stops while the others go on (upstream's
+    case study 3 freezes the decoder). Saved as a ``save_pretrained`` folder of the model with the averaged
+    weights plus ``ema_state.json`` (decays and counters).
+    """
+
+    STATE_FILE = "ema_state.json"
+
+    def __init__(self, model: nn.Module, decay: float, parts: Sequence[str] = ("image_encoder", "image_decoder", "label_anchors")):
+        self.parts = [name for name in parts if getattr(model, name, None) is not None]
+        self.averages = {name: ExponentialMovingAverage(getattr(model, name).parameters(), decay) for name in self.parts}
+
+    def step(self, model: nn.Module, skip: Iterable[str] = ()) -> None:
+        """Update the averages of every part except those in ``skip`` (frozen parts)."""
+        skip = set(skip)
+        for name, average in self.averages.items():
+            if name not in skip:
+                average.step(getattr(model, name).parameters())
+
+    def copy_to(self, model: nn.Module) -> nn.Module:
+        """Write the averaged weights into ``model`` (an LZN model of the same config); returns it."""
+        for name, average in self.averages.items():
+            average.copy_to(getattr(model, name).parameters())
+        return model
+
+    def averaged_model(self, model: nn.Module) -> nn.Module:
+        """A copy of ``model`` holding the averaged weights (``model`` is left as it is), in eval mode."""
+        return self.copy_to(copy.deepcopy(model)).eval()
+
+    def to(self, device=None) -> "ModuleEMA":
+        for average in self.averages.values():
+            average.to(device)
+        return self
+
+    @property
+    def num_updates(self) -> Dict[str, int]:
+        return {name: average.num_updates for name, average in self.averages.items()}
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {name: average.state_dict() for name, average in self.averages.items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for name, average in self.averages.items():
+            average.load_state_dict(state[name])
+
+    def save_pretrained(self, save_directory, model: nn.Module) -> None:
+        """``save_pretrained`` of ``model`` with the averaged weights, plus ``ema_state.json``."""
+        self.averaged_model(model).save_pretrained(save_directory)
+        state = {name: {"decay": a.decay, "num_updates": a.num_updates} for name, a in self.averages.items()}
+        Path(save_directory, self.STATE_FILE).write_text(json.dumps(state, indent=2))
+
+    def load_pretrained(self, load_directory, model_class) -> None:
+        """Inverse of :meth:`save_pretrained` (``model_class``: the saved model's class, e.g. ``LZNModel``)."""
+        averaged = model_class.from_pretrained(load_directory)
+        state = json.loads(Path(load_directory, self.STATE_FILE).read_text())
+        for name, average in self.averages.items():
+            average.load_state_dict({**state[name], "shadow_params": list(getattr(averaged, name).parameters())})
+
+
+class TrainingCounters:
+    """Run counters kept in checkpoints (``accelerator.register_for_checkpointing``), e.g. skipped steps."""
+
+    def __init__(self, **values: int):
+        self.values = dict(values)
+
+    def __getitem__(self, key: str) -> int:
+        return self.values[key]
+
+    def __setitem__(self, key: str, value: int) -> None:
+        self.values[key] = value
+
+    def state_dict(self) -> Dict[str, int]:
+        return dict(self.values)
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.values.update(state)
+
+
+def all_processes_finite(accelerator, value: torch.Tensor) -> bool:
+    """True when ``value`` is finite on every process (one all-gather): every rank takes the same decision,
+    so a step is skipped everywhere or nowhere (a rank-local skip would deadlock the gradient all-reduce)."""
+    flag = torch.isfinite(value.detach()).all().to(torch.float32).reshape(1)
+    if accelerator.num_processes > 1:
+        flag = accelerator.gather(flag)
+    return bool(flag.min().item() > 0)
+
+
+def global_class_weights(accelerator, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """pi over the *global* batch (labels of every process gathered): ``[C]`` (lzn-method.md §2.2)."""
+    if accelerator.num_processes > 1:
+        labels = accelerator.gather(labels)
+    return class_weights_from_labels(labels, num_classes)
+
+
+def freeze_module(module: Optional[nn.Module]) -> None:
+    """The decoder-freeze step: stop training ``module`` (``requires_grad=False``; gradients still pass
+    *through* it to its inputs, e.g. from the RF loss to the encoder). Stop its EMA as well."""
+    if module is not None:
+        module.requires_grad_(False)
+
+
+def trainable_parameters(module: nn.Module) -> List[torch.nn.Parameter]:
+    """Parameters that still train (the gradient-clip set shrinks when a part is frozen, as upstream's)."""
+    return [p for p in module.parameters() if p.requires_grad]
