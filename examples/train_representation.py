@@ -160,10 +160,11 @@ def export(args, ema_model, train_dataset, test_dataset, history, metrics, start
         save_image_grid([to01(examples), to01(views[0]), to01(views[1])], output_dir / "views.png", row_labels=["image", "view 1", "view 2"])
         if test_dataset is not None and train_labels is not None:
             test_images, test_labels = stack_dataset(test_dataset, args.max_eval_samples)
-            if test_labels is not None:  # the paper's probe (AdamW, lr 3e-4) on the frozen backbone features
+            if test_labels is not None:  # AdamW probe on the standardised frozen features, as examples/evaluate.py
                 with torch.no_grad():
                     features = [torch.cat([ema_model.get_image_features(chunk) for chunk in images.split(256)]) for images in (train_images, test_images)]
-                metrics["accuracy/linear_probe"] = linear_probe_accuracy(features[0], train_labels, features[1], test_labels, seed=args.seed)
+                metrics["accuracy/linear_probe"] = linear_probe_accuracy(features[0], train_labels, features[1], test_labels, epochs=1000,
+                                                                        lr=1e-3, standardize=True, seed=args.seed)
     save_training_curves(history.read(), output_dir / "training_curves.png", keys=["loss", "assignment_accuracy", "grad_norm", "lr/image_encoder"],
                          title="LZN case study 2")
     metrics.update(total_wall_time_s=time.time() - start_time, config=args.config, seed=args.seed)

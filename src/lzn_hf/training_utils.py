@@ -16,8 +16,8 @@ Used by `examples/` and tests, never by modeling code. Each role lives in a modu
 * ``reporting``: model-card sections and the run card, sample grids, the logged history and its curves;
 * ``loop``: `make_accelerator`, `prepare_training` -> `TrainingLoop` (the data stream, backward and step, the
   bookkeeping of each update, the end of the loop) and `end_training` (trackers, `--push_to_hub`);
-* ``evaluation_helpers``: end-of-training evaluation (`batch_mode_accuracy`, `fit_pixel_judge`,
-  `train_cross_entropy_classifier`).
+* ``evaluation_helpers``: end-of-training evaluation (`fit_pixel_judge`,
+  `train_cross_entropy_classifier`); `batch_mode_accuracy` comes from :mod:`lzn_hf.evaluation`.
 
 Orientation reminders: pixels are in [-1, 1]; the image decoder follows diffusers' flow matching
 (``x_sigma = (1 - sigma) x + sigma noise``, prediction ``noise - x``); upstream's time is ``t = 1 - sigma``.
@@ -50,7 +50,8 @@ from .training.data import (
     stack_dataset,
     step_generator,
 )
-from .training.evaluation_helpers import batch_mode_accuracy, fit_pixel_judge, train_cross_entropy_classifier
+from .evaluation import batch_mode_accuracy
+from .training.evaluation_helpers import fit_pixel_judge, train_cross_entropy_classifier
 from .training.losses import (
     RF_T_MIN,
     assignment_loss,

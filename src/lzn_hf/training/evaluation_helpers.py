@@ -1,45 +1,14 @@
-"""Evaluation at the end of training: upstream's batch-mode accuracy, an independent pixel classifier that
-judges class-conditional samples, and the cross-entropy ceiling with the same encoder.
+"""Evaluation at the end of training: an independent pixel classifier that judges class-conditional samples,
+and the cross-entropy ceiling with the same encoder.
 
-(The linear probe of case study 2 is :func:`lzn_hf.evaluation.linear_probe_accuracy`.)
+(Upstream's batch-mode accuracy and the linear probe of case study 2 are in :mod:`lzn_hf.evaluation`.)
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-@torch.no_grad()
-def batch_mode_accuracy(classifier, pixel_values: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                        noise: str = "zero", filler: Optional[torch.Tensor] = None, seed: int = 0) -> float:
-    """Held-out accuracy with upstream's procedure (lzn-method.md §2.4): latents against the anchors of each
-    eval batch of ``batch_size`` images, no class weights.
-
-    Args:
-        classifier: an :class:`~lzn_hf.LZNForImageClassification` (EMA weights).
-        noise: ``"zero"`` (zone centres) or ``"random"`` (N(0, I) prior noise drawn with ``seed``).
-        filler: ``[M, C, H, W]`` extra (training) images whose anchors complete a last, short batch to
-            ``batch_size`` reference anchors, so that every batch's zones come from the same number of anchors.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    device = next(classifier.parameters()).device
-    filler_anchors = None if filler is None else classifier.get_image_anchors(filler.to(device))
-    correct = 0
-    for start in range(0, len(labels), batch_size):
-        images = pixel_values[start : start + batch_size].to(device)
-        anchors = classifier.get_image_anchors(images)  # [b, d]
-        reference = anchors
-        if filler_anchors is not None and len(images) < batch_size:
-            reference = torch.cat([anchors, filler_anchors[: batch_size - len(images)]])  # [N, d]
-        prior = torch.randn(anchors.shape, generator=generator).to(device) if noise == "random" else torch.zeros_like(anchors)
-        latents = classifier.get_image_latents(anchors=anchors, noise=prior, reference_anchors=reference)
-        predictions = classifier.classify_latents(latents).predictions.cpu()
-        correct += int((predictions == labels[start : start + batch_size]).sum())
-    return correct / len(labels)
 
 
 def fit_pixel_judge(pixel_values: torch.Tensor, labels: torch.Tensor):
@@ -54,7 +23,8 @@ def fit_pixel_judge(pixel_values: torch.Tensor, labels: torch.Tensor):
 def train_cross_entropy_classifier(encoder_config, train_images: torch.Tensor, train_labels: torch.Tensor, num_classes: int,
                                    num_steps: int = 500, batch_size: int = 128, learning_rate: float = 1e-3, seed: int = 0):
     """The supervised ceiling: the same image encoder architecture + a linear layer on its anchors, trained
-    with cross-entropy (Adam). Returns ``predict(images) -> labels`` (a function, eval mode, no grad)."""
+    with cross-entropy (Adam). Returns ``predict(images) -> labels`` (a function, eval mode, no grad); the
+    trained encoder is ``predict.encoder`` (the supervised baseline of the linear probe)."""
     from ..modeling_lzn import LZNImageEncoder
 
     torch.manual_seed(seed)
@@ -76,4 +46,5 @@ def train_cross_entropy_classifier(encoder_config, train_images: torch.Tensor, t
     def predict(images: torch.Tensor) -> torch.Tensor:
         return torch.cat([head(encoder(chunk, return_dict=True).anchors).argmax(-1) for chunk in images.split(512)])
 
+    predict.encoder = encoder
     return predict
