@@ -283,32 +283,24 @@ def model_card(
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(sections))
 
 
-def write_model_card(
-    folder: Union[str, os.PathLike],
-    kind: Optional[str] = None,
-    *,
-    datasets: Sequence[str] = (),
-    metrics: Optional[Mapping[str, float]] = None,
-    base_model: Optional[str] = None,
-    extra_text: str = "",
-    overwrite: bool = True,
-    **kwargs,
-) -> Optional[Path]:
+def write_model_card(folder: Union[str, os.PathLike], kind: Optional[str] = None, *, overwrite: bool = True, **card_fields) -> Optional[Path]:
     """Write ``folder/README.md``: the model card of a saved LZN folder.
 
     Args:
         folder: a ``save_pretrained`` folder of an `LZNPipeline`, `LZNModel` or `LZNForImageClassification`.
         kind: ``"pipeline"``, ``"model"`` or ``"classifier"``; detected from the files when None.
-        datasets: Hub dataset ids (or names) the model was trained on, e.g. ``["cifar10"]``.
-        metrics: ``{name: value}``, e.g. ``{"accuracy": 0.9447, "fid": 2.59}``; a ``/`` suffix names a variant
-            (``"accuracy/anchor_bank"``: metric type ``accuracy``). With ``datasets`` they also go into a
-            ``model-index`` (Hub evaluation results).
-        base_model: the Hub id of a model this one was fine-tuned or converted from.
-        extra_text: Markdown appended after the results (training details, caveats, ...).
         overwrite: False keeps an existing ``README.md`` (what ``save_pretrained`` does).
-        **kwargs: ``repo_id`` (used in the usage snippet instead of the folder path), ``title``,
-            ``description``, ``tags`` (added), ``license``, ``dataset_name`` (display name of ``datasets[0]``),
-            ``pipeline_tag`` and ``usage`` (replace the defaults).
+        **card_fields: the keyword arguments of :func:`model_card`:
+
+            - ``datasets``: Hub dataset ids (or names) the model was trained on, e.g. ``["cifar10"]``;
+            - ``metrics``: ``{name: value}``, e.g. ``{"accuracy": 0.9447, "fid": 2.59}``; a ``/`` suffix names a
+              variant (``"accuracy/anchor_bank"``: metric type ``accuracy``). With ``datasets`` they also go
+              into a ``model-index`` (Hub evaluation results);
+            - ``base_model``: the Hub id of a model this one was fine-tuned or converted from;
+            - ``extra_text``: Markdown appended after the results (training details, caveats, ...);
+            - ``repo_id`` (used in the usage snippet instead of the folder path), ``title``, ``description``,
+              ``tags`` (added), ``license``, ``dataset_name`` (display name of ``datasets[0]``),
+              ``pipeline_tag`` and ``usage`` (replace the defaults).
 
     Returns:
         The path written, or None when ``overwrite=False`` kept an existing card.
@@ -316,7 +308,7 @@ def write_model_card(
     path = Path(folder) / "README.md"
     if path.exists() and not overwrite:
         return None
-    card = model_card(folder, kind, datasets=datasets, metrics=metrics, base_model=base_model, extra_text=extra_text, **kwargs)
+    card = model_card(folder, kind, **card_fields)
     card.save(path)
     return path
 
