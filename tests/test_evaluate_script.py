@@ -152,3 +152,12 @@ def test_fid_without_the_extra_is_a_clear_error(rf_run, tmp_path):
     assert result.returncode == 1
     assert "--fid" in result.stderr and 'lzn_hf[fid]' in result.stderr
     assert not (tmp_path / "m.json").exists()
+
+
+def test_a_broken_run_config_is_a_one_line_error(script, tmp_path, capsys):
+    torch.manual_seed(0)
+    LZNModel(LZNConfig.from_preset("tiny-generation")).save_pretrained(tmp_path / "run" / "model")
+    (tmp_path / "run" / "run_config.json").write_text("{not json")
+    assert script.main([str(tmp_path / "run"), *FAST]) == 1
+    error = capsys.readouterr().err
+    assert "run_config.json is not valid JSON" in error and not (tmp_path / "run" / "eval_metrics.json").exists()
