@@ -21,10 +21,11 @@ the classifier with its anchor bank (`classifier/`), model cards, `samples.png`,
         --mixed_precision no --dynamo_backend no examples/train_joint.py      # two CPU processes (gloo)
 """
 
-import argparse
-import json
+import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from accelerate.logging import get_logger
@@ -32,22 +33,25 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from lzn_hf import LZNForImageClassification, LZNModel
-from lzn_hf.latent_flow import gather_anchors, latents_to_anchors
+from lzn_hf.evaluation import batch_mode_accuracy, fit_pixel_judge, train_cross_entropy_classifier
+from lzn_hf.latent_flow import latents_to_anchors
 from lzn_hf.model_cards import write_model_card
-from lzn_hf.training_utils import (
+from lzn_hf.training import (
+    TRAINING_RECIPES,
     ModuleEMA,
     adam_with_warmup,
-    add_training_args,
-    batch_mode_accuracy,
     dataset_id,
     end_training,
-    finalize_training_args,
-    fit_pixel_judge,
+    flag,
+    float32_flows,
+    gather_float32_anchors,
     global_class_weights,
     label_alignment_loss,
     load_lzn_config,
     load_training_data,
     make_accelerator,
+    nonfinite_loss,
+    parse_training_arguments,
     prepare_training,
     rectified_flow_inputs,
     rectified_flow_loss,
@@ -56,35 +60,45 @@ from lzn_hf.training_utils import (
     save_pipeline_folder,
     save_training_curves,
     stack_dataset,
-    train_cross_entropy_classifier,
     training_markdown,
+    write_json_atomically,
     write_run_card,
+    write_run_config,
 )
 
 logger = get_logger(__name__, log_level="INFO")
 
 
+@dataclass
+class JointArguments:
+    _argument_group_name = "case study 3"
+
+    decoder_freeze_step: Optional[int] = flag(
+        None, "freeze the decoder after this many updates (paper: 60k of 200k); encoder and label anchors go on (default: the recipe's).")
+    rf_loss_weight: float = flag(1.0)
+    label_loss_weight: float = flag(1.0)
+
+
+@dataclass
+class JointEvaluationArguments:
+    _argument_group_name = "end-of-training evaluation"
+
+    num_samples_per_class: int = flag(10, "columns of samples.png.")
+    judge_samples_per_class: int = flag(100, "class-conditional samples per class labelled by the independent classifier.")
+    num_inference_steps: int = flag(10, "decoder Euler steps when sampling.")
+    ce_ceiling_steps: int = flag(500, "Adam steps (batch 128) of the cross-entropy classifier with the same encoder (0 = skip).")
+    eval_noise_draws: int = flag(5, "prior-noise draws averaged for the random-noise batch-mode accuracy.")
+    max_eval_samples: int = flag(10_000, "images of each split used for the anchor bank, the judge and the ceiling "
+                                         "(the whole split, or a seeded stratified subset).")
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_training_args(parser, default_config="digits-joint", default_output_dir="lzn-digits-joint")
-    joint = parser.add_argument_group("case study 3")
-    joint.add_argument("--decoder_freeze_step", type=int, default=None,
-                       help="freeze the decoder after this many updates (paper: 60k of 200k); encoder and label anchors go on.")
-    joint.add_argument("--rf_loss_weight", type=float, default=1.0)
-    joint.add_argument("--label_loss_weight", type=float, default=1.0)
-    evaluation = parser.add_argument_group("end-of-training evaluation")
-    evaluation.add_argument("--num_samples_per_class", type=int, default=10, help="columns of samples.png.")
-    evaluation.add_argument("--judge_samples_per_class", type=int, default=100,
-                            help="class-conditional samples per class labelled by the independent classifier.")
-    evaluation.add_argument("--num_inference_steps", type=int, default=10, help="decoder Euler steps when sampling.")
-    evaluation.add_argument("--ce_ceiling_steps", type=int, default=500,
-                            help="Adam steps (batch 128) of the cross-entropy classifier with the same encoder (0 = skip).")
-    evaluation.add_argument("--eval_noise_draws", type=int, default=5,
-                            help="prior-noise draws averaged for the random-noise batch-mode accuracy.")
-    evaluation.add_argument("--max_eval_samples", type=int, default=10_000,
-                            help="images of each split used for the anchor bank, the judge and the ceiling.")
-    parser.add_argument("--debug_nonfinite_steps", type=int, nargs="*", default=[], help=argparse.SUPPRESS)
-    return finalize_training_args(parser.parse_args(argv))
+    args, joint, evaluation = parse_training_arguments(
+        __doc__.split("\n\n")[0], {"config": "digits-joint", "output_dir": "lzn-digits-joint"}, JointArguments, JointEvaluationArguments,
+        argv=argv)
+    if joint.decoder_freeze_step is None:
+        joint = dataclasses.replace(joint, decoder_freeze_step=TRAINING_RECIPES[args.recipe]["decoder_freeze_step"])
+    return args, joint, evaluation
 
 
 class JointTrainingModule(nn.Module):
@@ -97,11 +111,10 @@ class JointTrainingModule(nn.Module):
     def forward(self, pixel_values, labels, latent_noise, image_noise, sigmas, class_weights):
         lzn = self.lzn
         anchors = lzn.get_image_anchors(pixel_values)  # [B, d]
-        with torch.autocast(pixel_values.device.type, enabled=False):  # the latent flows stay in float32
-            anchors = anchors.float()
-            reference_anchors = gather_anchors(anchors)  # [N, d]: every process's anchors, with gradients
-            if not torch.isfinite(reference_anchors).all():  # same decision on every rank; the loop skips the step
-                nan = reference_anchors.sum() * float("nan")
+        with float32_flows(pixel_values.device.type):  # the latent flows stay in float32
+            anchors, reference_anchors = gather_float32_anchors(anchors)  # [B, d], [N, d]: every process's anchors, with gradients
+            nan = nonfinite_loss(reference_anchors)  # same decision on every rank; the loop then skips the update
+            if nan is not None:
                 return nan, nan, nan.detach()
             latents = lzn.get_image_latents(anchors=anchors, noise=latent_noise, reference_anchors=reference_anchors)  # [B, d]
             _, posteriors = latents_to_anchors(
@@ -113,9 +126,9 @@ class JointTrainingModule(nn.Module):
         return rf_loss, label_loss, accuracy
 
 
-def main(args):
+def main(args, joint, evaluation):
     start_time = time.time()
-    accelerator = make_accelerator(args, find_unused_parameters=args.decoder_freeze_step is not None)
+    accelerator = make_accelerator(args, find_unused_parameters=joint.decoder_freeze_step is not None)
     logger.info(accelerator.state, main_process_only=False)
     set_seed(args.seed)  # the same initial weights on every process
 
@@ -126,7 +139,7 @@ def main(args):
     resolution, num_channels = config.image_encoder_config.image_size, config.image_encoder_config.num_channels
     if args.resolution not in (None, resolution):
         raise ValueError(f"--resolution {args.resolution}: the config's NCSN++ models take {resolution}x{resolution} images")
-    train_dataset, test_dataset, class_names = load_training_data(args, resolution, num_channels)
+    train_dataset, test_dataset, class_names = load_training_data(args, resolution, num_channels, with_test=not args.skip_evaluation)
     num_classes = config.num_classes
     if class_names is None:
         raise ValueError("case study 3 needs labelled data (class sub-folders of --train_data_dir, or a label column)")
@@ -141,11 +154,11 @@ def main(args):
     ema = ModuleEMA(model, args.ema_decay)
     num_parameters = {name: sum(p.numel() for p in getattr(model, name).parameters()) for name in ema.parts}
     logger.info(f"parameters: {num_parameters}")
-    optimizer, lr_scheduler = adam_with_warmup(args, {
+    optimizer, lr_scheduler = adam_with_warmup({
         "image_encoder": (model.image_encoder, args.learning_rate_encoder),
         "image_decoder": (model.image_decoder, args.learning_rate_decoder),
         "label_anchors": (model.label_anchors, args.learning_rate_label_anchors),
-    })
+    }, args.lr_warmup_steps, **args.adam_options())
 
     # data loader, checkpoint hooks, accelerator.prepare, trackers; resume: weights, EMA, optimizer, scheduler,
     # RNG states and counters (the data position follows from the step)
@@ -154,7 +167,7 @@ def main(args):
         progress_postfix={"loss": "{loss:.3f}", "acc": "{train_accuracy:.2f}"},
         extra_logs=lambda: {"ema_decay": ema.averages["image_encoder"].effective_decay()},
     )
-    if args.decoder_freeze_step is not None and loop.global_step >= args.decoder_freeze_step:
+    if joint.decoder_freeze_step is not None and loop.global_step >= joint.decoder_freeze_step:
         loop.freeze("image_decoder")
 
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -167,34 +180,39 @@ def main(args):
             )  # [B, C, H, W], [B, d], [B, C, H, W], [B]
             class_weights = global_class_weights(accelerator, labels, num_classes)
             rf_loss, label_loss, accuracy = training_module(pixel_values, labels, latent_noise, image_noise, sigmas, class_weights)
-            loss = args.rf_loss_weight * rf_loss + args.label_loss_weight * label_loss
-            if loop.global_step + 1 in args.debug_nonfinite_steps and rank == world - 1:
-                loss = loss * float("nan")  # test hook: a non-finite loss on one process only
-            # skipped on every process if non-finite anywhere; else backward, and at the update's end clip and step
-            loop.backward_and_step(loss, loss=loss, rf_loss=rf_loss, label_loss=label_loss, train_accuracy=accuracy)
-        # after an update: EMA (not of frozen parts), logs, checkpoint
-        if loop.end_micro_batch() and loop.global_step == args.decoder_freeze_step:
+            loss = joint.rf_loss_weight * rf_loss + joint.label_loss_weight * label_loss
+            if loop.all_processes_finite(loss):  # else the whole update is dropped, on every process
+                accelerator.backward(loss)
+                loop.record(loss=loss, rf_loss=rf_loss, label_loss=label_loss, train_accuracy=accuracy)
+            loop.clip_and_step()  # last micro-batch of an update: clip the trained parameters, optimizer and scheduler step
+        # an update ended: EMA step of the parts still training (or the dropped-update count), logs, checkpoint-N
+        if loop.end_micro_batch() and loop.global_step == joint.decoder_freeze_step:
             loop.freeze("image_decoder")
             logger.info(f"update {loop.global_step}: decoder frozen; the encoder and the label anchors keep training")
     timing = loop.finish()  # with a last checkpoint: a resumable end state
 
     if accelerator.is_main_process:
-        timing["global_batch_size"] = args.global_batch_size
-        export_and_evaluate(args, loop.averaged_model(), train_dataset, test_dataset, loop.history, timing, start_time)
-    end_training(accelerator, args, commit_message=f"LZN case study 3, update {loop.global_step}")
+        timing["global_batch_size"] = loop.global_batch_size
+        export_and_evaluate(args, joint, evaluation, loop.averaged_model(), train_dataset, test_dataset, loop.history, timing, start_time)
+    end_training(accelerator, args.output_dir, f"LZN case study 3, update {loop.global_step}", args.push_to_hub, args.hub_model_id,
+                 args.hub_token, args.hub_private_repo)
 
 
-def export_and_evaluate(args, ema_model, train_dataset, test_dataset, history, timing, start_time):
-    """Save the EMA LZNModel (`model/`), the pipeline (`pipeline/`), the classifier (`classifier/`), cards, PNGs, metrics."""
-    output_dir = Path(args.output_dir)
+def export_and_evaluate(args, joint, evaluation, ema_model, train_dataset, test_dataset, history, timing, start_time):
+    """Save the EMA LZNModel (`model/`), the pipeline (`pipeline/`), the classifier (`classifier/`), run_config.json,
+    then evaluate; then PNGs, metrics.json and the cards."""
+    output_dir, global_batch_size = Path(args.output_dir), timing["global_batch_size"]
     torch.manual_seed(args.seed)
     ema_model.eval()
     save_model_folder(ema_model, output_dir / "model")
     pipeline = save_pipeline_folder(ema_model, output_dir / "pipeline")
+    write_run_config(output_dir, "train_joint.py", args.to_record(),
+                     script_flags={**dataclasses.asdict(joint), **dataclasses.asdict(evaluation)},
+                     global_batch_size=global_batch_size, num_processes=timing["num_processes"])
 
-    train_images, train_labels = stack_dataset(train_dataset, args.max_eval_samples)
+    train_images, train_labels = stack_dataset(train_dataset, evaluation.max_eval_samples)
     classifier = LZNForImageClassification.from_pretrained(output_dir / "model").eval()
-    classifier.build_anchor_bank(train_images, batch_size=args.global_batch_size)
+    classifier.build_anchor_bank(train_images, batch_size=global_batch_size)
     save_model_folder(classifier, output_dir / "classifier")
 
     metrics, num_classes = {}, ema_model.config.num_classes
@@ -204,53 +222,53 @@ def export_and_evaluate(args, ema_model, train_dataset, test_dataset, history, t
     if not args.skip_evaluation:
         eval_start = time.time()
         if test_dataset is not None:
-            test_images, test_labels = stack_dataset(test_dataset, args.max_eval_samples)
+            test_images, test_labels = stack_dataset(test_dataset, evaluation.max_eval_samples)
             with torch.no_grad():
-                batch_mode = dict(batch_size=args.global_batch_size, filler=train_images)  # upstream: eval batch = training batch
+                batch_mode = dict(batch_size=global_batch_size, filler=train_images)  # upstream: eval batch = training batch
                 metrics["accuracy/batch_mode_zero_noise"] = batch_mode_accuracy(classifier, test_images, test_labels, noise="zero", **batch_mode)
                 draws = torch.tensor([batch_mode_accuracy(classifier, test_images, test_labels, noise="random", seed=args.seed + k, **batch_mode)
-                                      for k in range(max(1, args.eval_noise_draws))])
+                                      for k in range(max(1, evaluation.eval_noise_draws))])
                 metrics["accuracy/batch_mode_random_noise"] = draws.mean().item()
                 metrics["accuracy/batch_mode_random_noise_std"] = draws.std().item() if len(draws) > 1 else 0.0
                 predictions = torch.cat([classifier(chunk).logits.argmax(-1) for chunk in test_images.split(512)])
                 metrics["accuracy/anchor_bank"] = (predictions == test_labels).float().mean().item()
-            if args.ce_ceiling_steps > 0:
+            if evaluation.ce_ceiling_steps > 0:
                 predict = train_cross_entropy_classifier(ema_model.config.image_encoder_config, train_images, train_labels, num_classes,
-                                                         num_steps=args.ce_ceiling_steps, seed=args.seed)
+                                                         num_steps=evaluation.ce_ceiling_steps, seed=args.seed)
                 metrics["accuracy/cross_entropy_ceiling"] = (predict(test_images) == test_labels).float().mean().item()
-        if args.judge_samples_per_class > 0:
+        if evaluation.judge_samples_per_class > 0:
             judge = fit_pixel_judge(train_images, train_labels)
             if test_dataset is not None:
                 metrics["judge/accuracy_on_real_test_images"] = float(
                     judge.score(((test_images + 1) / 2).reshape(len(test_images), -1).numpy(), test_labels.numpy()))
-            samples = pipeline(labels=grid_labels, num_images_per_label=args.judge_samples_per_class, generator=generator,
-                               num_inference_steps=args.num_inference_steps, output_type="np").images  # [C * K, H, W, ch] in [0, 1]
-            wanted = torch.arange(num_classes).repeat_interleave(args.judge_samples_per_class).numpy()
+            samples = pipeline(labels=grid_labels, num_images_per_label=evaluation.judge_samples_per_class, generator=generator,
+                               num_inference_steps=evaluation.num_inference_steps, output_type="np").images  # [C * K, H, W, ch] in [0, 1]
+            wanted = torch.arange(num_classes).repeat_interleave(evaluation.judge_samples_per_class).numpy()
             metrics["judge/agreement_with_conditioning_class"] = float((judge.predict(samples.reshape(len(samples), -1)) == wanted).mean())
         metrics["eval_wall_time_s"] = time.time() - eval_start
 
-    grid = pipeline(labels=grid_labels, num_images_per_label=args.num_samples_per_class, generator=torch.Generator().manual_seed(args.seed),
-                    num_inference_steps=args.num_inference_steps, output_type="np").images
-    save_image_grid([grid[c * args.num_samples_per_class : (c + 1) * args.num_samples_per_class] for c in range(num_classes)],
-                    output_dir / "samples.png", row_labels=class_names)
+    per_class = evaluation.num_samples_per_class
+    grid = pipeline(labels=grid_labels, num_images_per_label=per_class, generator=torch.Generator().manual_seed(args.seed),
+                    num_inference_steps=evaluation.num_inference_steps, output_type="np").images
+    save_image_grid([grid[c * per_class : (c + 1) * per_class] for c in range(num_classes)], output_dir / "samples.png", row_labels=class_names)
     save_training_curves(history.read(), output_dir / "training_curves.png",
                          keys=["loss", "rf_loss", "label_loss", "train_accuracy", "grad_norm", "lr/image_encoder"], title="LZN case study 3")
     metrics.update(timing)
     metrics["total_wall_time_s"] = time.time() - start_time
     metrics["config"], metrics["seed"], metrics["max_train_steps"] = args.config, args.seed, args.max_train_steps
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    write_cards(args, metrics)
+    write_json_atomically(output_dir / "metrics.json", metrics)
+    write_cards(args, joint, global_batch_size, metrics)
     print_summary(args, metrics)
 
 
-def write_cards(args, metrics):
+def write_cards(args, joint, global_batch_size, metrics):
     """Model cards: the run's overview (README.md at the root, the Hub repo's card) and one per saved folder."""
     output_dir = Path(args.output_dir)
-    datasets = [dataset_id(args)]
+    datasets = [dataset_id(args.dataset_name, args.train_data_dir)]
     accuracy = {k: round(v, 4) for k, v in metrics.items() if k.startswith("accuracy/") and not k.endswith("_std")}
     judge = {k: round(v, 4) for k, v in metrics.items() if k == "judge/agreement_with_conditioning_class"}
-    training = training_markdown(args, "train_joint.py", {"decoder frozen after update": args.decoder_freeze_step,
-                                                           "training wall time (s)": round(metrics.get("train_wall_time_s", 0.0))})
+    training = training_markdown(args, global_batch_size, "train_joint.py", {
+        "decoder frozen after update": joint.decoder_freeze_step, "training wall time (s)": round(metrics.get("train_wall_time_s", 0.0))})
     name = args.hub_model_id or output_dir.resolve().name
     common = dict(datasets=datasets, extra_text=training, tags=["case-study-3"], license="mit")
     write_model_card(output_dir / "model", metrics={**accuracy, **judge}, title=f"{name} / model", **common)
@@ -280,4 +298,4 @@ def print_summary(args, metrics):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    main(*parse_args())

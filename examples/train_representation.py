@@ -11,15 +11,15 @@ view-2 anchors of the global batch (lzn-method.md §3.2). Each step:
 
 No negatives list, temperature or auxiliary loss. The representation is the backbone feature
 (`pooler_output`, the 2048-d pooled feature of the ResNet-50-GN); views are SimCLR-style augmentations
-written in torch (`training_utils.simclr_augment`; torchvision is not needed).
+written in torch (`lzn_hf.training.simclr_augment`; torchvision is not needed).
 
     accelerate launch examples/train_representation.py --config imagenet-representation --train_data_dir imagenet/train
     python examples/train_representation.py --config tiny-representation --dataset_name digits --resolution 16 --max_train_steps 300
 """
 
-import argparse
-import json
+import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,19 +29,22 @@ from torch import nn
 
 from lzn_hf import LZNModel
 from lzn_hf.evaluation import linear_probe_accuracy
-from lzn_hf.latent_flow import gather_anchors, latents_to_anchors
+from lzn_hf.latent_flow import latents_to_anchors
 from lzn_hf.model_cards import write_model_card
-from lzn_hf.training_utils import (
+from lzn_hf.training import (
     ModuleEMA,
     adam_with_warmup,
-    add_training_args,
     assignment_loss,
     dataset_id,
     end_training,
-    finalize_training_args,
+    flag,
+    float32_flows,
+    gather_float32_anchors,
     load_lzn_config,
     load_training_data,
     make_accelerator,
+    nonfinite_loss,
+    parse_training_arguments,
     prepare_training,
     rank_randn,
     save_image_grid,
@@ -50,26 +53,30 @@ from lzn_hf.training_utils import (
     simclr_augment,
     stack_dataset,
     training_markdown,
+    write_json_atomically,
     write_run_card,
+    write_run_config,
 )
 
 logger = get_logger(__name__, log_level="INFO")
 
 
+@dataclass
+class RepresentationArguments:
+    _argument_group_name = "case study 2"
+
+    cross_entropy_weight: float = flag(1.0, "weight of -log q (paper: 1).")
+    prob_weight: float = flag(0.0, "weight of -q (paper: 0).")
+    gradient_checkpointing: bool = flag(
+        False, "recompute each step of the reverse flow over the view-2 anchors in backward (upstream checkpoints its Euler flows).")
+    crop_min_scale: float = flag(0.08, "smallest crop area of the random resized crop.")
+    flip_prob: float = flag(0.5, "probability of a horizontal flip (0 for data that flips change, such as digits).")
+    jitter_strength: float = flag(1.0, "SimCLR colour-jitter strength s.")
+    max_eval_samples: int = flag(10_000, "images per split for the linear probe (the whole split, or a seeded stratified subset).")
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_training_args(parser, default_config="imagenet-representation", default_output_dir="lzn-representation")
-    representation = parser.add_argument_group("case study 2")
-    representation.add_argument("--cross_entropy_weight", type=float, default=1.0, help="weight of -log q (paper: 1).")
-    representation.add_argument("--prob_weight", type=float, default=0.0, help="weight of -q (paper: 0).")
-    representation.add_argument("--gradient_checkpointing", action="store_true",
-                                help="recompute each step of the reverse flow over the view-2 anchors in backward (upstream checkpoints its Euler flows).")
-    representation.add_argument("--crop_min_scale", type=float, default=0.08, help="smallest crop area of the random resized crop.")
-    representation.add_argument("--flip_prob", type=float, default=0.5,
-                                help="probability of a horizontal flip (0 for data that flips change, such as digits).")
-    representation.add_argument("--jitter_strength", type=float, default=1.0, help="SimCLR colour-jitter strength s.")
-    representation.add_argument("--max_eval_samples", type=int, default=10_000, help="images per split for the linear probe.")
-    return finalize_training_args(parser.parse_args(argv))
+    defaults = {"config": "imagenet-representation", "output_dir": "lzn-representation"}
+    return parse_training_arguments(__doc__.split("\n\n")[0], defaults, RepresentationArguments, argv=argv)
 
 
 class RepresentationTrainingModule(nn.Module):
@@ -84,12 +91,12 @@ class RepresentationTrainingModule(nn.Module):
     def forward(self, view1, view2, latent_noise, targets):
         lzn = self.lzn
         anchors1, anchors2 = lzn.get_image_anchors(torch.cat([view1, view2])).chunk(2)  # [B, d] each (GroupNorm: no batch coupling)
-        with torch.autocast(view1.device.type, enabled=False):  # the latent flows stay in float32
-            reference1, reference2 = gather_anchors(anchors1.float()), gather_anchors(anchors2.float())  # [N, d] each
-            if not (torch.isfinite(reference1).all() and torch.isfinite(reference2).all()):  # same decision on every rank
-                nan = reference1.sum() * float("nan")
+        with float32_flows(view1.device.type):  # the latent flows stay in float32
+            (anchors1, reference1), (_, reference2) = gather_float32_anchors(anchors1), gather_float32_anchors(anchors2)  # [N, d] each
+            nan = nonfinite_loss(reference1, reference2)  # same decision on every rank; the loop then skips the update
+            if nan is not None:
                 return nan, nan.detach()
-            latents = lzn.get_image_latents(anchors=anchors1.float(), noise=latent_noise, reference_anchors=reference1)  # [B, d]
+            latents = lzn.get_image_latents(anchors=anchors1, noise=latent_noise, reference_anchors=reference1)  # [B, d]
             _, log_posteriors = latents_to_anchors(
                 latents, reference2, num_steps=lzn.config.image_flow_num_steps, log_posteriors=True,
                 gradient_checkpointing=self.gradient_checkpointing,
@@ -99,7 +106,7 @@ class RepresentationTrainingModule(nn.Module):
         return loss, accuracy
 
 
-def main(args):
+def main(args, representation):
     start_time = time.time()
     accelerator = make_accelerator(args)
     logger.info(accelerator.state, main_process_only=False)
@@ -110,22 +117,23 @@ def main(args):
     if encoder_config.encoder_type == "ncsnpp" and args.resolution not in (None, encoder_config.image_size):
         raise ValueError(f"--resolution {args.resolution}: the config's NCSN++ encoder takes {encoder_config.image_size}x{encoder_config.image_size} images")
     resolution = args.resolution or encoder_config.image_size
-    train_dataset, test_dataset, _ = load_training_data(args, resolution, encoder_config.num_channels)
+    train_dataset, test_dataset, _ = load_training_data(args, resolution, encoder_config.num_channels, with_test=not args.skip_evaluation)
     model = LZNModel(config)
     for part in (model.image_decoder, model.label_anchors):  # only the encoder trains in case study 2
         if part is not None:
             part.requires_grad_(False)
-    training_module = RepresentationTrainingModule(model, config.label_loss_cutoff, args.cross_entropy_weight, args.prob_weight,
-                                                   args.gradient_checkpointing)
+    training_module = RepresentationTrainingModule(model, config.label_loss_cutoff, representation.cross_entropy_weight, representation.prob_weight,
+                                                   representation.gradient_checkpointing)
     ema = ModuleEMA(model, args.ema_decay, parts=("image_encoder",))
-    optimizer, lr_scheduler = adam_with_warmup(args, {"image_encoder": (model.image_encoder, args.learning_rate_encoder)})
+    optimizer, lr_scheduler = adam_with_warmup({"image_encoder": (model.image_encoder, args.learning_rate_encoder)}, args.lr_warmup_steps,
+                                               **args.adam_options())
 
     # data loader, checkpoint hooks, accelerator.prepare, trackers, resume (see train_joint.py)
     training_module, loop = prepare_training(accelerator, args, training_module, optimizer, lr_scheduler, ema, train_dataset,
                                              "lzn_train_representation",
                                              progress_postfix={"loss": "{loss:.3f}", "acc": "{assignment_accuracy:.2f}"})
     rank, world = accelerator.process_index, accelerator.num_processes
-    augment = dict(crop_scale=(args.crop_min_scale, 1.0), flip_prob=args.flip_prob, jitter_strength=args.jitter_strength,
+    augment = dict(crop_scale=(representation.crop_min_scale, 1.0), flip_prob=representation.flip_prob, jitter_strength=representation.jitter_strength,
                    process_index=rank, num_processes=world)
     for batch in loop.batches():
         with accelerator.accumulate(training_module):
@@ -137,29 +145,37 @@ def main(args):
             latent_noise = rank_randn([local, config.latent_dim], generator, rank, world)  # x prior_noise_scale (0.45) inside
             targets = rank * local + torch.arange(local, device=pixel_values.device)  # the same image's view-2 anchor
             loss, accuracy = training_module(view1, view2, latent_noise, targets)
-            loop.backward_and_step(loss, loss=loss, assignment_accuracy=accuracy)
-        loop.end_micro_batch()
+            if loop.all_processes_finite(loss):  # else the whole update is dropped, on every process
+                accelerator.backward(loss)
+                loop.record(loss=loss, assignment_accuracy=accuracy)
+            loop.clip_and_step()  # last micro-batch of an update: clip the trained parameters, optimizer and scheduler step
+        loop.end_micro_batch()  # an update ended: EMA step (or the dropped-update count), logs, checkpoint-N
     metrics = loop.finish()
 
     if accelerator.is_main_process:
-        export(args, loop.averaged_model(), train_dataset, test_dataset, loop.history, metrics, start_time)
-    end_training(accelerator, args, commit_message=f"LZN case study 2, update {loop.global_step}")
+        export(args, representation, loop.global_batch_size, loop.averaged_model(), train_dataset, test_dataset, loop.history, metrics,
+               start_time)
+    end_training(accelerator, args.output_dir, f"LZN case study 2, update {loop.global_step}", args.push_to_hub, args.hub_model_id,
+                 args.hub_token, args.hub_private_repo)
 
 
-def export(args, ema_model, train_dataset, test_dataset, history, metrics, start_time):
-    """The EMA `LZNModel` (`model/`, with its image processor), a card, example views, curves, metrics.json."""
+def export(args, representation, global_batch_size, ema_model, train_dataset, test_dataset, history, metrics, start_time):
+    """The EMA `LZNModel` (`model/`, with its image processor), run_config.json, example views, the probe, curves,
+    metrics.json, then the cards."""
     output_dir = Path(args.output_dir)
     save_model_folder(ema_model, output_dir / "model")
-    train_images, train_labels = stack_dataset(train_dataset, args.max_eval_samples)
+    write_run_config(output_dir, "train_representation.py", args.to_record(), script_flags=dataclasses.asdict(representation),
+                     global_batch_size=global_batch_size, num_processes=metrics["num_processes"])
     if not args.skip_evaluation:
+        train_images, train_labels = stack_dataset(train_dataset, representation.max_eval_samples)
         # what the encoder is trained on: two views of eight images
         examples = train_images[:8]
-        augment = dict(crop_scale=(args.crop_min_scale, 1.0), flip_prob=args.flip_prob, jitter_strength=args.jitter_strength)
+        augment = dict(crop_scale=(representation.crop_min_scale, 1.0), flip_prob=representation.flip_prob, jitter_strength=representation.jitter_strength)
         views = [simclr_augment(examples, torch.Generator().manual_seed(args.seed + k), **augment) for k in range(2)]
         to01 = lambda x: ((x + 1) / 2).permute(0, 2, 3, 1).numpy()  # noqa: E731
         save_image_grid([to01(examples), to01(views[0]), to01(views[1])], output_dir / "views.png", row_labels=["image", "view 1", "view 2"])
         if test_dataset is not None and train_labels is not None:
-            test_images, test_labels = stack_dataset(test_dataset, args.max_eval_samples)
+            test_images, test_labels = stack_dataset(test_dataset, representation.max_eval_samples)
             if test_labels is not None:  # AdamW probe on the standardised frozen features, as examples/evaluate.py
                 with torch.no_grad():
                     features = [torch.cat([ema_model.get_image_features(chunk) for chunk in images.split(256)]) for images in (train_images, test_images)]
@@ -168,11 +184,11 @@ def export(args, ema_model, train_dataset, test_dataset, history, metrics, start
     save_training_curves(history.read(), output_dir / "training_curves.png", keys=["loss", "assignment_accuracy", "grad_norm", "lr/image_encoder"],
                          title="LZN case study 2")
     metrics.update(total_wall_time_s=time.time() - start_time, config=args.config, seed=args.seed)
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json_atomically(output_dir / "metrics.json", metrics)
 
-    datasets = [dataset_id(args)]
+    datasets = [dataset_id(args.dataset_name, args.train_data_dir)]
     accuracy = {k: round(v, 4) for k, v in metrics.items() if k.startswith("accuracy/")}
-    training = training_markdown(args, "train_representation.py", {"training wall time (s)": round(metrics["train_wall_time_s"])})
+    training = training_markdown(args, global_batch_size, "train_representation.py", {"training wall time (s)": round(metrics["train_wall_time_s"])})
     name = args.hub_model_id or output_dir.resolve().name
     write_model_card(output_dir / "model", datasets=datasets, metrics=accuracy, extra_text=training, tags=["case-study-2"], license="mit",
                      title=f"{name} / model")
@@ -191,4 +207,4 @@ def export(args, ema_model, train_dataset, test_dataset, history, metrics, start
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    main(*parse_args())

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lzn_hf import LZNConfig, LZNForImageClassification, LZNModel
-from lzn_hf.training_utils import load_digits, save_model_folder
+from lzn_hf.training import load_digits, save_model_folder, write_run_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SCRIPT = EXAMPLES / "evaluate.py"
@@ -34,8 +34,8 @@ def script():
     return load_script()
 
 
-def save_run(folder: Path, preset: str, metrics: dict, classifier: bool = False) -> Path:
-    """A training output folder of randomly initialised models: model/, pipeline/ (and classifier/), metrics.json."""
+def save_run(folder: Path, preset: str, script: str, flags: dict, classifier: bool = False, **facts) -> Path:
+    """A training output folder of randomly initialised models: model/, pipeline/ (and classifier/), run_config.json."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from lzn_hf.pipeline_lzn import LZNPipeline
@@ -49,18 +49,19 @@ def save_run(folder: Path, preset: str, metrics: dict, classifier: bool = False)
         model_classifier = LZNForImageClassification.from_pretrained(folder / "model").eval()
         model_classifier.build_anchor_bank(load_digits("train")[0][:64])
         save_model_folder(model_classifier, folder / "classifier")
-    (folder / "metrics.json").write_text(json.dumps(metrics))
+    write_run_config(folder, script, {"config": preset, "dataset_name": "digits", "seed": 0, **flags}, **facts)
     return folder
 
 
 @pytest.fixture(scope="module")
 def joint_run(tmp_path_factory):
-    return save_run(tmp_path_factory.mktemp("joint"), "digits-joint", {"config": "digits-joint", "global_batch_size": 32}, classifier=True)
+    return save_run(tmp_path_factory.mktemp("joint"), "digits-joint", "train_joint.py", {}, classifier=True, global_batch_size=32)
 
 
 @pytest.fixture(scope="module")
 def rf_run(tmp_path_factory):
-    return save_run(tmp_path_factory.mktemp("rf"), "digits-generation", {"config": "digits-generation", "without_lzn_latent": True})
+    return save_run(tmp_path_factory.mktemp("rf"), "digits-generation", "train_generation.py", {},
+                    script_flags={"without_lzn_latent": True})
 
 
 def check_range(metrics, keys, low=0.0, high=math.inf):
@@ -151,3 +152,12 @@ def test_fid_without_the_extra_is_a_clear_error(rf_run, tmp_path):
     assert result.returncode == 1
     assert "--fid" in result.stderr and 'lzn_hf[fid]' in result.stderr
     assert not (tmp_path / "m.json").exists()
+
+
+def test_a_broken_run_config_is_a_one_line_error(script, tmp_path, capsys):
+    torch.manual_seed(0)
+    LZNModel(LZNConfig.from_preset("tiny-generation")).save_pretrained(tmp_path / "run" / "model")
+    (tmp_path / "run" / "run_config.json").write_text("{not json")
+    assert script.main([str(tmp_path / "run"), *FAST]) == 1
+    error = capsys.readouterr().err
+    assert "run_config.json is not valid JSON" in error and not (tmp_path / "run" / "eval_metrics.json").exists()

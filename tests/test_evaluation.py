@@ -74,7 +74,7 @@ def test_inception_features_explain_missing_extra():
 
 @pytest.fixture(scope="module")
 def digits():
-    from lzn_hf.training_utils import load_digits
+    from lzn_hf.training import load_digits
 
     return load_digits("train"), load_digits("test")
 

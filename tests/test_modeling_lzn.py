@@ -21,7 +21,7 @@ from lzn_hf import (
 )
 from lzn_hf.conversion import convert_original_checkpoint
 from lzn_hf.latent_flow import latents_to_anchors
-from lzn_hf.training_utils import assignment_loss, class_weights_from_labels, label_alignment_loss
+from lzn_hf.training import assignment_loss, class_weights_from_labels, label_alignment_loss
 
 GENERATION_FIXTURES = ["cifar_conditional_tiny", "hires_unconditional_tiny"]
 

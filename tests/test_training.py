@@ -5,7 +5,7 @@
 * two processes (gloo) with the same global batch give the same updates as one process;
 * a non-finite loss on one process skips the update on every process; the decoder freeze;
 * `--push_to_hub` offline fails with a clear message after saving everything (the upload call itself is
-  checked with the network mocked in test_training_utils.py).
+  checked with the network mocked in test_training_package.py).
 """
 
 import json
@@ -24,7 +24,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from lzn_hf import LZNForImageClassification, LZNModel
-from lzn_hf.training_utils import load_digits
+from lzn_hf.training import load_digits, read_run_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -35,12 +35,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(script, *args, tmp_path, num_processes=1, expect_success=True, env=None):
-    """`accelerate launch` (as `python -m accelerate.commands.launch`) of an example script; returns the result."""
+def launch(script, *args, tmp_path, num_processes=1, expect_success=True, env=None, nonfinite_updates=()):
+    """`accelerate launch` (as `python -m accelerate.commands.launch`) of an example script; returns the result.
+
+    ``nonfinite_updates``: run it through tests/inject_nonfinite.py, which makes the last process's loss NaN at
+    those updates."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
                "--dynamo_backend", "no", "--num_processes", str(num_processes)]
     if num_processes > 1:
         command += ["--multi_gpu", "--main_process_port", str(free_port())]
+    if nonfinite_updates:
+        command += [str(Path(__file__).with_name("inject_nonfinite.py")), *map(str, nonfinite_updates), "--"]
     command += [str(EXAMPLES / script), *map(str, args)]
     environment = {
         **os.environ,
@@ -116,11 +121,24 @@ def test_joint_on_an_image_folder_saves_loadable_folders(image_folder, tmp_path)
     assert list((out / "logs").rglob("events.out.tfevents.*")), "no TensorBoard events"
     history = [json.loads(line) for line in (out / "logs" / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [1, 2, 3] and {"rf_loss", "label_loss", "grad_norm", "lr/label_anchors", "skipped_steps"} <= set(history[0])
+    record = read_run_config(out)  # what evaluation needs, as data
+    assert record["script"] == "train_joint.py" and record["flags"]["train_data_dir"] == str(image_folder)
+    assert record["global_batch_size"] == 4 and record["flags"]["seed"] == 0 and "hub_token" not in record["flags"]
+    assert record["script_flags"]["judge_samples_per_class"] == 2
+    # issue 16: evaluate.py finds the image folder in the run's record (no --train_data_dir again)
+    result = subprocess.run([sys.executable, str(EXAMPLES / "evaluate.py"), str(out), "--num_samples", "6", "--num_inference_steps", "2",
+                             "--probe_epochs", "2", "--noise_draws", "1", "--reconstruction_steps", "2"],
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache"), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = json.loads((out / "eval_metrics.json").read_text())
+    assert evaluated["dataset"] == "imagefolder" and evaluated["num_train_images"] == 18 and evaluated["batch_size"] == 4
+    assert "judge/agreement" in evaluated and evaluated["lzn_latent"] == "label_zone"
 
 
 # Adam with a large epsilon is linear in the gradient: the first Adam steps would otherwise turn float rounding
 # of near-zero gradients (summed in a different order by the all-reduce) into sign flips of whole learning rates.
-JOINT_DIGITS = ["--config", "digits-joint", "--max_train_steps", 3, "--decoder_freeze_step", 2, "--debug_nonfinite_steps", 2,
+JOINT_DIGITS = ["--config", "digits-joint", "--max_train_steps", 3, "--decoder_freeze_step", 2,
                 "--checkpointing_steps", 1, "--logging_steps", 1, "--skip_evaluation", "--num_samples_per_class", 1, "--report_to", "none",
                 "--adam_epsilon", 1.0, "--lr_warmup_steps", 0, "--learning_rate_encoder", 0.5, "--learning_rate_decoder", 0.5,
                 "--learning_rate_label_anchors", 0.5]
@@ -132,12 +150,12 @@ def joint_digits(tmp_path_factory):
     decoder frozen after the 2nd): one process, and the same run resumed from its checkpoint-2."""
     tmp = tmp_path_factory.mktemp("joint-digits")
     single = tmp / "single"
-    launch("train_joint.py", *JOINT_DIGITS, "--train_batch_size", 16, "--output_dir", single, tmp_path=tmp)
+    launch("train_joint.py", *JOINT_DIGITS, "--train_batch_size", 16, "--output_dir", single, tmp_path=tmp, nonfinite_updates=[2])
     resumed = tmp / "resumed"
     resumed.mkdir()
     shutil.copytree(single / "checkpoint-2", resumed / "checkpoint-2")
     result = launch("train_joint.py", *JOINT_DIGITS, "--train_batch_size", 16, "--output_dir", resumed, "--resume_from_checkpoint", "latest",
-                    tmp_path=tmp)
+                    tmp_path=tmp, nonfinite_updates=[2])
     return {"single": single, "resumed": resumed, "resume_log": result.stdout + result.stderr, "tmp": tmp}
 
 
@@ -179,7 +197,8 @@ def test_two_processes_give_the_single_process_updates(joint_digits):
     with gradients, class weights and the NaN-skip decision are global, noise depends on the global index)."""
     tmp = joint_digits["tmp"]
     double = tmp / "double"
-    launch("train_joint.py", *JOINT_DIGITS, "--train_batch_size", 8, "--output_dir", double, tmp_path=tmp, num_processes=2)
+    launch("train_joint.py", *JOINT_DIGITS, "--train_batch_size", 8, "--output_dir", double, tmp_path=tmp, num_processes=2,
+           nonfinite_updates=[2])
     metrics = json.loads((double / "metrics.json").read_text())
     assert metrics["num_processes"] == 2 and metrics["global_batch_size"] == 16 and metrics["skipped_steps"] == 1
     for step in (1, 3):
@@ -238,6 +257,33 @@ def test_representation(data, image_folder, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert ("accuracy/linear_probe" in metrics) == (data == "digits")
     assert card_metadata(out)["pipeline_tag"] == "image-feature-extraction"
+
+
+def test_skip_evaluation_loads_no_evaluation_images(image_folder, tmp_path, monkeypatch):
+    """In-process run of train_representation.py: with --skip_evaluation only the training split is loaded."""
+    import importlib.util
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    from lzn_hf.training import data
+
+    loaded = []
+    load = data.load_image_dataset
+    monkeypatch.setattr(data, "load_image_dataset", lambda *a, split="train", **kw: loaded.append(split) or load(*a, split=split, **kw))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+    spec = importlib.util.spec_from_file_location("lzn_train_representation", EXAMPLES / "train_representation.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "skip"
+    try:
+        script.main(*script.parse_args(["--config", "tiny-representation", "--train_data_dir", str(image_folder), "--resolution", "16",
+                                         "--output_dir", str(out), "--train_batch_size", "6", "--max_train_steps", "1",
+                                         "--checkpointing_steps", "0", "--report_to", "none", "--skip_evaluation"]))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    assert loaded == ["train"] and (out / "model" / "model.safetensors").is_file() and not (out / "views.png").exists()
+    assert read_run_config(out)["flags"]["skip_evaluation"] is True
 
 
 # ---------------------------------------------------------------------------------------------------------

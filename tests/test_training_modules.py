@@ -1,17 +1,17 @@
-"""The pieces the training scripts share since the split of training_utils (in-process, fast): the RF draws
-of one micro-batch, and `prepare_training` / `TrainingLoop` on a toy model with gradient accumulation.
+"""The pieces of lzn_hf.training that every update goes through (in-process, fast): the RF draws of one
+micro-batch, and `prepare_training` / `TrainingLoop` on a toy model with gradient accumulation, written as the
+scripts write their update step.
 
 The scripts themselves (resume, 2 processes, SIGKILL) are run end to end in test_training.py.
 """
 
-import argparse
 import json
 
 import pytest
 import torch
 from torch import nn
 
-from lzn_hf import training_utils as tu
+from lzn_hf import training as tu
 
 
 def test_rectified_flow_inputs_are_rows_of_a_global_draw():
@@ -56,19 +56,18 @@ def accelerator():
 
 
 def test_training_loop_accumulates_skips_logs_and_times(accelerator, tmp_path):
-    parser = tu.add_training_args(argparse.ArgumentParser(), "tiny-representation", default_output_dir=str(tmp_path))
-    args = tu.finalize_training_args(parser.parse_args([
-        "--train_batch_size", "2", "--gradient_accumulation_steps", "2", "--max_train_steps", "3", "--logging_steps", "1",
-        "--checkpointing_steps", "0", "--report_to", "none", "--lr_warmup_steps", "0", "--learning_rate_encoder", "0.1",
-    ]))
+    args = tu.resolve_recipe(tu.TrainingArguments(
+        config="tiny-representation", output_dir=str(tmp_path), train_batch_size=2, gradient_accumulation_steps=2, max_train_steps=3,
+        logging_steps=1, checkpointing_steps=0, report_to="none", lr_warmup_steps=0, learning_rate_encoder=0.1))
     torch.manual_seed(0)
     model = ToyLZN()
     ema = tu.ModuleEMA(model, 0.9, parts=("image_encoder",))
-    optimizer, lr_scheduler = tu.adam_with_warmup(args, {"image_encoder": (model.image_encoder, args.learning_rate_encoder)})
+    optimizer, lr_scheduler = tu.adam_with_warmup({"image_encoder": (model.image_encoder, args.learning_rate_encoder)}, args.lr_warmup_steps,
+                                                  **args.adam_options())
     dataset = tu.TensorImageDataset(torch.rand(10, 1, 2, 2))
     training_module, loop = tu.prepare_training(accelerator, args, ToyTrainingModule(model), optimizer, lr_scheduler, ema,
                                                 dataset, "toy", extra_logs=lambda: {"extra": 7.0})
-    assert args.global_batch_size == 2 and loop.model is model and loop.global_step == 0
+    assert loop.global_batch_size == 2 and loop.model is model and loop.global_step == 0
 
     weights, ends = [], []
     for micro_batch, batch in enumerate(loop.batches()):
@@ -76,7 +75,10 @@ def test_training_loop_accumulates_skips_logs_and_times(accelerator, tmp_path):
             loss = training_module(batch["pixel_values"])
             if micro_batch == 2:  # the first micro-batch of update 2: the whole update is dropped
                 loss = loss * float("nan")
-            loop.backward_and_step(loss, loss=loss)
+            if loop.all_processes_finite(loss):
+                accelerator.backward(loss)
+                loop.record(loss=loss)
+            loop.clip_and_step()
         ends.append(loop.end_micro_batch())
         if ends[-1]:
             weights.append(model.image_encoder.weight.detach().clone())

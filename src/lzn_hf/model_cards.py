@@ -61,15 +61,20 @@ def _read_json(path: Path) -> Dict[str, Any]:
 
 
 def detect_kind(folder: Union[str, os.PathLike]) -> str:
-    """``"pipeline"``, ``"model"`` or ``"classifier"`` from the files of a ``save_pretrained`` folder."""
+    """``"pipeline"``, ``"model"`` or ``"classifier"`` from the files of a ``save_pretrained`` folder of an
+    ``LZNPipeline``, ``LZNModel`` or ``LZNForImageClassification``; ``ValueError`` (naming the folder) otherwise."""
     folder = Path(folder)
     if (folder / "model_index.json").is_file():
+        class_name = _read_json(folder / "model_index.json").get("_class_name")
+        if class_name != "LZNPipeline":
+            raise ValueError(f"{folder}/model_index.json is not an LZNPipeline's (_class_name={class_name!r})")
         return "pipeline"
     if (folder / "config.json").is_file():
-        architectures = _read_json(folder / "config.json").get("architectures") or []
+        config = _read_json(folder / "config.json")
+        architectures = config.get("architectures") or []
         if "LZNForImageClassification" in architectures:
             return "classifier"
-        if "LZNModel" in architectures:
+        if "LZNModel" in architectures or (config.get("model_type") == "lzn" and not architectures):
             return "model"
         raise ValueError(f"{folder}/config.json is not an LZNModel or LZNForImageClassification config (architectures={architectures})")
     raise ValueError(f"{folder} holds neither model_index.json (a pipeline) nor config.json (a model); pass `kind` explicitly")

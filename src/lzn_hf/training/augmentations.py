@@ -1,7 +1,7 @@
 """Image augmentations in torch (no torchvision), batched, on the images' device; pixels in [-1, 1].
 
 :func:`random_flip` (case studies 1 and 3) and :func:`simclr_augment`, case study 2's SimCLR-style views.
-Their random parameters are this process's rows of a global draw (:func:`~lzn_hf.training.data.rank_rand`).
+Their random parameters are this process's rows of a global draw (:func:`~lzn_hf.training.noise.rank_rand`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from .data import rank_rand
+from .noise import rank_rand
 
 
 def random_flip(images: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""Checkpoints and saved folders: Accelerate hooks writing ``save_pretrained`` folders, atomic ``checkpoint-N``
-saves with rotation, resume, the final model / pipeline folders and the Hub upload.
+"""Checkpoints: Accelerate hooks writing ``save_pretrained`` folders, atomic ``checkpoint-N`` saves with rotation,
+and resume. (The final folders and the Hub upload: :mod:`lzn_hf.training.export`.)
 
 ``checkpoint-N/`` holds ``lzn/`` (raw weights), ``lzn_ema/`` (averaged weights + ``ema_state.json``) and
 Accelerate's optimizer, scheduler, RNG and counter files.
@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import shutil
-from pathlib import Path
 from typing import List, Optional, Tuple
 
 from .optimization import ModuleEMA
@@ -119,59 +118,3 @@ def resume_from_checkpoint(accelerator, checkpoint: Optional[str], output_dir) -
     accelerator.print(f"resuming from {path}")
     accelerator.load_state(path)
     return int(match.group(1))
-
-
-def save_model_folder(model, folder) -> Path:
-    """``save_pretrained`` of an LZN model plus the image processor the transformers pipelines need."""
-    from ..image_processing_lzn import lzn_image_processor
-
-    encoder_config = model.config.image_encoder_config
-    model.save_pretrained(folder)
-    lzn_image_processor(encoder_config.image_size, encoder_config.num_channels).save_pretrained(folder)
-    return Path(folder)
-
-
-def save_pipeline_folder(model, folder):
-    """``save_pretrained`` of the :class:`~lzn_hf.pipeline_lzn.LZNPipeline` of an LZN model (its image decoder and
-    label anchors, a ``FlowMatchEulerDiscreteScheduler``); returns the pipeline, progress bar off, for sampling."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from ..pipeline_lzn import LZNPipeline
-
-    pipeline = LZNPipeline(image_decoder=model.image_decoder, label_anchors=model.label_anchors,
-                           scheduler=FlowMatchEulerDiscreteScheduler())
-    pipeline.set_progress_bar_config(disable=True)
-    pipeline.save_pretrained(folder)
-    return pipeline
-
-
-#: What --push_to_hub leaves out of the final folder: training state and logs.
-HUB_IGNORE_PATTERNS = [f"{CHECKPOINT_PREFIX}*", f"{CHECKPOINT_PREFIX}*/**", "logs/**", "logs", "*.jsonl"]
-
-
-def push_folder_to_hub(folder, repo_id: Optional[str] = None, token: Optional[str] = None, private: bool = False,
-                       commit_message: str = "LZN training run", ignore_patterns: Optional[List[str]] = None) -> str:
-    """``create_repo`` + ``upload_folder`` of the final output folder (checkpoints and logs left out).
-
-    Raises ``RuntimeError`` with what to do when the Hub cannot be reached (the folder is already saved).
-    Returns the repo id.
-    """
-    from huggingface_hub import create_repo, upload_folder
-
-    folder = Path(folder)
-    repo_id = repo_id or folder.resolve().name
-    try:
-        repo_id = create_repo(repo_id, exist_ok=True, token=token, private=private).repo_id
-        upload_folder(
-            repo_id=repo_id,
-            folder_path=str(folder),
-            commit_message=commit_message,
-            ignore_patterns=list(HUB_IGNORE_PATTERNS if ignore_patterns is None else ignore_patterns),
-            token=token,
-        )
-    except Exception as error:
-        raise RuntimeError(
-            f"push to the Hub repo {repo_id!r} failed ({type(error).__name__}: {error}). Everything is saved in {folder}; "
-            f"upload it later with: hf upload {repo_id} {folder} . --exclude '{CHECKPOINT_PREFIX}*/*' --exclude 'logs/*'"
-        ) from error
-    return repo_id

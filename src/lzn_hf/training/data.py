@@ -1,26 +1,55 @@
-"""What each training step sees: the data, its order, and its random draws.
+"""The data of a run and its order.
 
-* data: scikit-learn's 8x8 digits (offline, fixed held-out split), ``datasets`` image folders / Hub datasets
-  (PIL resize, pixels in [-1, 1], channels first);
-* order: :class:`EpochShuffleSampler`, a permutation per epoch fixed by ``(seed, epoch)``;
-* noise: :func:`step_generator` (seeded by ``(seed, step)``) and :func:`rank_randn` / :func:`rank_rand`
-  (this process's rows of a global draw), so that a resumed run, or one on another number of processes,
-  draws the same numbers for the same sample.
+* data: scikit-learn's 8x8 digits (offline, fixed held-out split), ``datasets`` image folders, Hub datasets and
+  datasets saved with ``save_to_disk`` (PIL resize, pixels in [-1, 1], channels first);
+* subsets: :func:`stratified_indices` (seeded, every class in its share) behind :func:`stack_dataset` and
+  ``--max_train_samples``: image folders list their rows class by class, so a first-rows subset would hold
+  only the first classes;
+* order: :class:`EpochShuffleSampler`, a permutation per epoch fixed by ``(seed, epoch)``.
 """
 
 from __future__ import annotations
 
-import argparse
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import os
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+if TYPE_CHECKING:
+    from .arguments import DataArguments
+
 
 #: The digits' held-out split is fixed by this seed (independent of the training --seed), stratified, 20 %.
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
+#: Subsets of a split (``--max_eval_samples``, ``--max_train_samples``) are drawn with this seed, whatever the
+#: training --seed: every model and every baseline of a comparison sees the same images.
+SUBSET_SEED = 0
+
+
+def stratified_indices(labels: Optional[torch.Tensor], limit: int, num_rows: Optional[int] = None, seed: int = SUBSET_SEED) -> torch.Tensor:
+    """``min(limit, M)`` row indices, increasing: a seeded subset in which each class keeps its share of the rows
+    (within one row), or a seeded random subset for unlabelled data (``labels`` None: pass ``num_rows``).
+
+    Each class's rows are shuffled; row k of a class of size n gets the key ``(k + 0.5) / n``, and the rows with
+    the smallest keys are taken (ties in the seeded shuffle's order), so that any prefix is proportional.
+    """
+    num_rows = len(labels) if labels is not None else num_rows
+    if limit >= num_rows:
+        return torch.arange(num_rows)
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(num_rows, generator=generator)
+    if labels is None:
+        return order[:limit].sort().values
+    shuffled = labels[order]
+    keys = torch.empty(num_rows, dtype=torch.float64)
+    for label in shuffled.unique():
+        members = (shuffled == label).nonzero().flatten()  # positions in the shuffled order
+        keys[members] = (torch.arange(len(members), dtype=torch.float64) + 0.5) / len(members)
+    chosen = order[torch.sort(keys, stable=True).indices[:limit]]
+    return chosen.sort().values
 
 
 def _resize_images(images: torch.Tensor, resolution: Optional[int], num_channels: Optional[int]) -> torch.Tensor:
@@ -121,31 +150,37 @@ def load_image_dataset(
     """
     from datasets import load_dataset
 
+    source = f"image folder {train_data_dir!r}" if train_data_dir else f"dataset {dataset_name!r}"
     try:
         if train_data_dir is not None:
             dataset = load_dataset("imagefolder", data_dir=train_data_dir, cache_dir=cache_dir, split=split)
+        elif is_saved_dataset(dataset_name):
+            dataset = _load_saved_split(dataset_name, split)
         else:
             dataset = load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, split=split)
     except Exception as error:  # offline, unknown id, missing split: say which and how to get around it
-        source = f"image folder {train_data_dir!r}" if train_data_dir else f"dataset {dataset_name!r}"
         raise RuntimeError(
-            f"could not load the {split!r} split of {source}: {error}. Offline, use --dataset_name digits or "
-            "--train_data_dir with a local image folder."
+            f"could not load the {split!r} split of {source}: {error}. Offline, use --dataset_name digits, the path of a "
+            "dataset saved with save_to_disk, or --train_data_dir with a local image folder."
         ) from error
     columns = dataset.column_names
     image_column = image_column or next((c for c in ("image", "img", "pixel_values") if c in columns), None)
     if image_column not in columns:
-        raise ValueError(f"image column {image_column!r} not found; columns are {columns} (pass --image_column)")
+        raise ValueError(f"image column {image_column!r} not found in {source}; columns are {columns} (pass --image_column)")
     if label_column is None:
         label_column = next((c for c in ("label", "labels", "fine_label") if c in columns), None)
     elif label_column not in columns:
-        raise ValueError(f"label column {label_column!r} not found; columns are {columns}")
+        raise ValueError(f"label column {label_column!r} not found in {source}; columns are {columns}")
     class_names = None
     if label_column is not None:
         feature = dataset.features[label_column]
         class_names = list(feature.names) if hasattr(feature, "names") else None
+        if label_column != "labels":  # one name for the labels: dataset_labels() reads them without decoding images
+            dataset = dataset.remove_columns([c for c in ("labels",) if c in columns]).rename_column(label_column, "labels")
+            label_column = "labels"
+    dataset = dataset.select_columns([c for c in (image_column, label_column) if c is not None])
     if max_samples is not None:
-        dataset = dataset.select(range(min(max_samples, len(dataset))))
+        dataset = dataset.select(stratified_indices(dataset_labels(dataset), max_samples, len(dataset)).tolist())
 
     def transform(batch):
         out = {"pixel_values": [_pil_to_tensor(image, resolution, num_channels) for image in batch[image_column]]}
@@ -157,26 +192,47 @@ def load_image_dataset(
     return dataset, class_names
 
 
-def load_training_data(args: argparse.Namespace, resolution: int, num_channels: int, with_test: bool = True):
-    """The training set (and the held-out set when there is one) for ``--dataset_name`` / ``--train_data_dir``.
+def is_saved_dataset(path: Optional[str]) -> bool:
+    """True when ``path`` is a folder written by ``datasets``' ``save_to_disk`` (a ``DatasetDict`` or one ``Dataset``)."""
+    return path is not None and os.path.isdir(path) and any(
+        os.path.isfile(os.path.join(path, name)) for name in ("dataset_dict.json", "state.json"))
+
+
+def _load_saved_split(path: str, split: str):
+    from datasets import DatasetDict, load_from_disk
+
+    saved = load_from_disk(path)
+    if isinstance(saved, DatasetDict):
+        if split not in saved:
+            raise ValueError(f"no {split!r} split in the saved DatasetDict (splits: {sorted(saved)})")
+        return saved[split]
+    if split != "train":
+        raise ValueError(f"the saved dataset is one Dataset (no {split!r} split); it serves as the training split")
+    return saved
+
+
+def load_training_data(data: "DataArguments", resolution: int, num_channels: int, with_test: bool = True):
+    """The training set (and the held-out set when there is one, with ``with_test``) of ``data`` (its
+    ``dataset_name`` / ``train_data_dir``, columns, cache and ``max_train_samples``).
 
     Returns ``(train_dataset, test_dataset or None, class_names or None)``; ``digits`` gives in-memory
     :class:`TensorImageDataset` objects and its fixed held-out 20 %.
     """
-    if args.train_data_dir is not None and args.dataset_name is not None:
+    if data.train_data_dir is not None and data.dataset_name is not None:
         raise ValueError("pass --train_data_dir or --dataset_name, not both")
-    if args.dataset_name == "digits":
+    if data.dataset_name == "digits":
         train = TensorImageDataset(*load_digits("train", resolution, num_channels), class_names=[str(i) for i in range(10)])
-        if args.max_train_samples is not None:
-            train = TensorImageDataset(train.pixel_values[: args.max_train_samples], train.labels[: args.max_train_samples], train.class_names)
+        if data.max_train_samples is not None:
+            keep = stratified_indices(train.labels, data.max_train_samples)
+            train = TensorImageDataset(train.pixel_values[keep], train.labels[keep], train.class_names)
         test = TensorImageDataset(*load_digits("test", resolution, num_channels)) if with_test else None
         return train, test, train.class_names
     common = dict(
-        resolution=resolution, num_channels=num_channels, dataset_name=args.dataset_name, train_data_dir=args.train_data_dir,
-        dataset_config_name=args.dataset_config_name, image_column=args.image_column, label_column=args.label_column,
-        cache_dir=args.cache_dir,
+        resolution=resolution, num_channels=num_channels, dataset_name=data.dataset_name, train_data_dir=data.train_data_dir,
+        dataset_config_name=data.dataset_config_name, image_column=data.image_column, label_column=data.label_column,
+        cache_dir=data.cache_dir,
     )
-    train, class_names = load_image_dataset(split="train", max_samples=args.max_train_samples, **common)
+    train, class_names = load_image_dataset(split="train", max_samples=data.max_train_samples, **common)
     test = None
     if with_test:
         for split in ("test", "validation"):
@@ -188,14 +244,26 @@ def load_training_data(args: argparse.Namespace, resolution: int, num_channels: 
     return train, test, class_names
 
 
-def stack_dataset(dataset, limit: Optional[int] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """The first ``limit`` items of a dataset as tensors: ``(pixel_values [M, C, H, W], labels [M] or None)``."""
+def dataset_labels(dataset) -> Optional[torch.Tensor]:
+    """The labels ``[M]`` of a :class:`TensorImageDataset` or of a dataset from :func:`load_image_dataset`, read
+    without decoding an image; None for unlabelled data."""
     if isinstance(dataset, TensorImageDataset):
-        return dataset.pixel_values[:limit], None if dataset.labels is None else dataset.labels[:limit]
-    items = [dataset[i] for i in range(min(len(dataset), limit or len(dataset)))]
+        return dataset.labels
+    if "labels" not in dataset.column_names:
+        return None
+    return torch.tensor(list(dataset.with_format(None)["labels"]), dtype=torch.int64)
+
+
+def stack_dataset(dataset, limit: Optional[int] = None, seed: int = SUBSET_SEED) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """A dataset as tensors: ``(pixel_values [M, C, H, W], labels [M] or None)``; the whole split in its order, or,
+    with ``limit`` below its size, a seeded stratified subset of ``limit`` rows (:func:`stratified_indices`)."""
+    labels = dataset_labels(dataset)
+    indices = stratified_indices(labels, len(dataset) if limit is None else limit, len(dataset), seed)
+    if isinstance(dataset, TensorImageDataset):
+        return dataset.pixel_values[indices], None if labels is None else labels[indices]
+    items = [dataset[i] for i in indices.tolist()]
     pixel_values = torch.stack([item["pixel_values"] for item in items])
-    labels = torch.tensor([int(item["labels"]) for item in items]) if "labels" in items[0] else None
-    return pixel_values, labels
+    return pixel_values, None if labels is None else labels[indices]
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler):
@@ -216,24 +284,3 @@ class EpochShuffleSampler(torch.utils.data.Sampler):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return iter(torch.randperm(self.num_samples, generator=generator).tolist())
-
-
-def step_generator(seed: int, step: int, device: Any = "cpu") -> torch.Generator:
-    """A generator seeded by ``(seed, step)``: the same on every process and after a resume."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
-
-
-def rank_randn(shape: Sequence[int], generator: torch.Generator, process_index: int, num_processes: int, device=None) -> torch.Tensor:
-    """This process's rows of a global ``[W * B, ...]`` standard-normal draw: ``[B, ...]``.
-
-    Every process draws the whole global batch with the same generator and keeps its rows, so the noise of a
-    sample depends on its position in the global batch only, not on the number of processes.
-    """
-    full = torch.randn((num_processes * shape[0], *shape[1:]), generator=generator, device=device or generator.device)
-    return full[process_index * shape[0] : (process_index + 1) * shape[0]]
-
-
-def rank_rand(shape: Sequence[int], generator: torch.Generator, process_index: int, num_processes: int, device=None) -> torch.Tensor:
-    """Like :func:`rank_randn`, uniform in [0, 1)."""
-    full = torch.rand((num_processes * shape[0], *shape[1:]), generator=generator, device=device or generator.device)
-    return full[process_index * shape[0] : (process_index + 1) * shape[0]]

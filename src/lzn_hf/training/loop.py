@@ -1,44 +1,52 @@
-"""The training loop's plumbing: the accelerator, the data stream, and the update bookkeeping all scripts share.
+"""The training loop's state and bookkeeping: the accelerator, the data stream, and each step of an update.
 
 A script builds its model, its loss module (one ``forward``, wrapped by DDP), its optimizer and EMA, then:
 
-    training_module, loop = prepare_training(accelerator, args, training_module, optimizer, lr_scheduler, ema, ...)
+    training_module, loop = prepare_training(accelerator, arguments, training_module, optimizer, lr_scheduler, ema, ...)
     for batch in loop.batches():                      # epoch after epoch, from where a resumed run left off
         with accelerator.accumulate(training_module):
             loss = training_module(...)               # the case study's forward
-            loop.backward_and_step(loss, loss=loss)   # skip if non-finite anywhere, backward, clip, step
-        loop.end_micro_batch()                        # after an update: EMA, logs, checkpoint
+            if loop.all_processes_finite(loss):       # else the whole update is dropped, on every process
+                accelerator.backward(loss)
+                loop.record(loss=loss)                # averaged into the next logs
+            loop.clip_and_step()                      # at the update's last micro-batch: clip, step, zero grads
+        loop.end_micro_batch()                        # after an update: EMA step, logs, checkpoint
     timing = loop.finish()                            # final checkpoint, wall times
     ema_model = loop.averaged_model()                 # then export, on the main process
-    end_training(accelerator, args, "commit message") # trackers closed, --push_to_hub
+    end_training(accelerator, arguments, "commit message") # trackers closed, --push_to_hub
 
-:func:`make_accelerator`, :func:`iterate_batches`, :func:`resume_position` and :class:`RunningMeans` are the
-pieces the loop is built from.
+:func:`make_accelerator`, :func:`iterate_batches`, :func:`resume_position`, :class:`RunningMeans` and
+:class:`TrainingCounters` are the pieces the loop is built from.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoints import push_folder_to_hub, register_checkpoint_hooks, resume_from_checkpoint, save_checkpoint
-from .data import EpochShuffleSampler, step_generator
-from .optimization import ModuleEMA, TrainingCounters, all_processes_finite, freeze_module, trainable_parameters
-from .recipes import global_to_local_batch_size
+from .arguments import local_batch_size
+from .checkpoints import register_checkpoint_hooks, resume_from_checkpoint, save_checkpoint
+from .collective import all_processes_finite
+from .data import EpochShuffleSampler
+from .export import push_folder_to_hub
+from .noise import step_generator
+from .optimization import ModuleEMA, freeze_module, trainable_parameters
 from .reporting import TrainingHistory, tracker_config
+
+if TYPE_CHECKING:
+    from .arguments import TrainingArguments
 
 logger = logging.getLogger(__name__)
 
 
-def make_accelerator(args: argparse.Namespace, find_unused_parameters: bool = False):
+def make_accelerator(arguments: "TrainingArguments", find_unused_parameters: bool = False):
     """diffusers-style ``Accelerator`` with a ``ProjectConfiguration`` (trackers log to ``output_dir/logging_dir``)
     and Python logging set up (INFO on the main process, warnings elsewhere).
 
@@ -47,12 +55,12 @@ def make_accelerator(args: argparse.Namespace, find_unused_parameters: bool = Fa
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
-    output_dir = Path(args.output_dir)
+    output_dir = Path(arguments.output_dir)
     accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
+        gradient_accumulation_steps=arguments.gradient_accumulation_steps,
+        mixed_precision=arguments.mixed_precision,
+        log_with=arguments.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / arguments.logging_dir)),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
@@ -90,6 +98,25 @@ def resume_position(global_step: int, batches_per_epoch: int, gradient_accumulat
     return global_step // updates_per_epoch, (global_step % updates_per_epoch) * gradient_accumulation_steps
 
 
+class TrainingCounters:
+    """Run counters kept in checkpoints (``accelerator.register_for_checkpointing``), e.g. skipped steps."""
+
+    def __init__(self, **values: int):
+        self.values = dict(values)
+
+    def __getitem__(self, key: str) -> int:
+        return self.values[key]
+
+    def __setitem__(self, key: str, value: int) -> None:
+        self.values[key] = value
+
+    def state_dict(self) -> Dict[str, int]:
+        return dict(self.values)
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.values.update(state)
+
+
 class RunningMeans:
     """Means of logged quantities between two logging steps, over micro-batches and processes."""
 
@@ -112,13 +139,13 @@ class RunningMeans:
         return {k: v.item() for k, v in zip(keys, values)}
 
 
-def prepare_training(accelerator, args: argparse.Namespace, training_module: torch.nn.Module, optimizer, lr_scheduler,
+def prepare_training(accelerator, arguments: "TrainingArguments", training_module: torch.nn.Module, optimizer, lr_scheduler,
                      ema: ModuleEMA, train_dataset, tracker_project: str, progress_postfix: Optional[Mapping[str, str]] = None,
                      extra_logs: Optional[Callable[[], Mapping[str, float]]] = None):
     """The set-up every script does once its model, loss module, optimizer and EMA exist.
 
-    * the per-process batch B (``--train_batch_size``, else the recipe's global batch / processes); sets
-      ``args.global_batch_size`` to N = B x processes, the anchors that define the zones;
+    * the per-process batch B (``--train_batch_size``, else the recipe's global batch / processes) and the global
+      batch N = B x processes, the anchors that define the zones (``loop.global_batch_size``);
     * a ``DataLoader`` of ``train_dataset`` (``{"pixel_values": [B, C, H, W], "labels": [B]}`` batches, last partial
       batch dropped) ordered by an :class:`EpochShuffleSampler` seeded by ``--seed``;
     * checkpoint hooks writing ``save_pretrained`` folders (the LZN model is ``training_module.lzn``), the
@@ -135,27 +162,27 @@ def prepare_training(accelerator, args: argparse.Namespace, training_module: tor
         ``(prepared training_module, TrainingLoop)``.
     """
     num_processes = accelerator.num_processes
-    batch_size = global_to_local_batch_size(args, num_processes)
-    args.global_batch_size = batch_size * num_processes  # N: the anchors that define the zones
+    batch_size = local_batch_size(arguments.train_batch_size, arguments.global_batch_size, num_processes)
     if len(train_dataset) < batch_size * num_processes:
         raise ValueError(f"{len(train_dataset)} training images are fewer than one global batch ({batch_size} x {num_processes})")
-    sampler = EpochShuffleSampler(len(train_dataset), seed=args.seed)
+    sampler = EpochShuffleSampler(len(train_dataset), seed=arguments.seed)
     train_dataloader = torch.utils.data.DataLoader(
-        train_dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=args.dataloader_num_workers
+        train_dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=arguments.dataloader_num_workers
     )
     counters = TrainingCounters(skipped_steps=0)
     register_checkpoint_hooks(accelerator, ema, type(training_module.lzn))
     accelerator.register_for_checkpointing(counters, lr_scheduler)
     training_module, optimizer, train_dataloader = accelerator.prepare(training_module, optimizer, train_dataloader)
     ema.to(accelerator.device)
-    if accelerator.is_main_process and args.report_to:
-        accelerator.init_trackers(tracker_project, config=tracker_config(args))
+    if accelerator.is_main_process and arguments.report_to:
+        accelerator.init_trackers(tracker_project, config=tracker_config(arguments.to_record()))
 
-    global_step = resume_from_checkpoint(accelerator, args.resume_from_checkpoint, Path(args.output_dir))
-    logger.info(f"***** training: updates {global_step} -> {args.max_train_steps}, global batch {batch_size} x "
+    global_step = resume_from_checkpoint(accelerator, arguments.resume_from_checkpoint, Path(arguments.output_dir))
+    logger.info(f"***** training: updates {global_step} -> {arguments.max_train_steps}, global batch {batch_size} x "
                 f"{num_processes} processes, {len(train_dataset)} images *****")
-    loop = TrainingLoop(accelerator, args, training_module, optimizer, lr_scheduler, ema, sampler, train_dataloader, counters,
+    loop = TrainingLoop(accelerator, arguments, training_module, optimizer, lr_scheduler, ema, sampler, train_dataloader, counters,
                         global_step, progress_postfix or {"loss": "{loss:.3f}"}, extra_logs)
+    loop.global_batch_size = batch_size * num_processes
     return training_module, loop
 
 
@@ -163,21 +190,22 @@ class TrainingLoop:
     """The state of a run between updates and the bookkeeping of each update (built by :func:`prepare_training`).
 
     ``global_step`` counts updates (skipped ones included); an update is ``--gradient_accumulation_steps``
-    micro-batches. ``frozen`` names the parts of the model whose EMA no longer steps (:meth:`freeze`).
+    micro-batches. ``global_batch_size`` is N, the anchors of one micro-batch over all processes. ``frozen``
+    names the parts of the model whose EMA no longer steps (:meth:`freeze`).
     """
 
-    def __init__(self, accelerator, args, training_module, optimizer, lr_scheduler, ema: ModuleEMA, sampler, train_dataloader,
+    def __init__(self, accelerator, arguments, training_module, optimizer, lr_scheduler, ema: ModuleEMA, sampler, train_dataloader,
                  counters: TrainingCounters, global_step: int, progress_postfix: Mapping[str, str],
                  extra_logs: Optional[Callable[[], Mapping[str, float]]]):
-        self.accelerator, self.args = accelerator, args
-        self.output_dir = Path(args.output_dir)
+        self.accelerator, self.arguments = accelerator, arguments
+        self.output_dir = Path(arguments.output_dir)
         self.model = accelerator.unwrap_model(training_module).lzn  # the LZN model the loss module trains
         self.optimizer, self.lr_scheduler, self.ema, self.counters = optimizer, lr_scheduler, ema, counters
         self.sampler, self.train_dataloader = sampler, train_dataloader
         self.progress_postfix, self.extra_logs = progress_postfix, extra_logs
-        self.start_position = resume_position(global_step, len(train_dataloader), args.gradient_accumulation_steps)
-        self.history = TrainingHistory(self.output_dir / args.logging_dir / "history.jsonl")
-        self.progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="steps",
+        self.start_position = resume_position(global_step, len(train_dataloader), arguments.gradient_accumulation_steps)
+        self.history = TrainingHistory(self.output_dir / arguments.logging_dir / "history.jsonl")
+        self.progress_bar = tqdm(range(arguments.max_train_steps), initial=global_step, desc="steps",
                                  disable=not accelerator.is_local_main_process)
         self.frozen = set()
         self.running, self.micro_step, self.bad_update, self.grad_norm = RunningMeans(), 0, False, None
@@ -188,39 +216,42 @@ class TrainingLoop:
         """Training batches until ``--max_train_steps`` updates are done, from where a resumed run left off."""
         first_epoch, batches_to_skip = self.start_position
         for batch in iterate_batches(self.accelerator, self.train_dataloader, self.sampler, first_epoch, batches_to_skip):
-            if self.global_step >= self.args.max_train_steps:
+            if self.global_step >= self.arguments.max_train_steps:
                 break
             yield batch
 
     def noise_generator(self) -> torch.Generator:
         """This micro-batch's generator, seeded by ``(--seed, micro-batch index)``: the same on every process and
         after a resume (draw this process's rows of global tensors from it: :func:`~lzn_hf.training.data.rank_randn`)."""
-        step = self.global_step * self.args.gradient_accumulation_steps + self.micro_step
-        return step_generator(self.args.seed, step, self.accelerator.device)
+        step = self.global_step * self.arguments.gradient_accumulation_steps + self.micro_step
+        return step_generator(self.arguments.seed, step, self.accelerator.device)
 
-    def backward_and_step(self, loss: torch.Tensor, /, **logged: torch.Tensor) -> None:
-        """Inside ``accelerator.accumulate``: the backward of the scalar ``loss`` and, at the last micro-batch of an
-        update, the gradient-norm clip (``--max_grad_norm``, parameters that still train), optimizer and scheduler
-        steps, and zeroed gradients.
+    def all_processes_finite(self, loss: torch.Tensor) -> bool:
+        """The finite check of a micro-batch's loss, on every process alike
+        (:func:`~lzn_hf.training.collective.all_processes_finite`): False drops the whole update on every process."""
+        if all_processes_finite(self.accelerator, loss):
+            return True
+        self.bad_update = True
+        return False
 
-        A loss that is non-finite on any process drops the whole update on every process (no backward, no step);
-        so does a non-finite gradient norm. ``logged``: scalar tensors averaged into the next logs.
-        """
-        accelerator = self.accelerator
-        if all_processes_finite(accelerator, loss):
-            accelerator.backward(loss)
-            self.running.add(**logged)
-        else:
-            self.bad_update = True  # every process drops the whole update
+    def record(self, **logged: torch.Tensor) -> None:
+        """Scalar tensors of a kept micro-batch, averaged into the next logs."""
+        self.running.add(**logged)
+
+    def clip_and_step(self) -> None:
+        """Inside ``accelerator.accumulate``, after the backward: at the last micro-batch of an update, the
+        gradient-norm clip (``--max_grad_norm``, parameters that still train), the optimizer and scheduler steps
+        (not for a dropped update, nor when the gradient norm is not finite), and zeroed gradients."""
         self.grad_norm = None
-        if accelerator.sync_gradients:
-            if not self.bad_update:
-                self.grad_norm = accelerator.clip_grad_norm_(trainable_parameters(self.model), self.args.max_grad_norm)
-                self.bad_update = not torch.isfinite(self.grad_norm).item()
-            if not self.bad_update:
-                self.optimizer.step()
-                self.lr_scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+        if not self.accelerator.sync_gradients:
+            return
+        if not self.bad_update:
+            self.grad_norm = self.accelerator.clip_grad_norm_(trainable_parameters(self.model), self.arguments.max_grad_norm)
+            self.bad_update = not torch.isfinite(self.grad_norm).item()
+        if not self.bad_update:
+            self.optimizer.step()
+            self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def end_micro_batch(self) -> bool:
         """After ``accelerator.accumulate``: count the micro-batch and, when it ended an update, the update's
@@ -239,11 +270,11 @@ class TrainingLoop:
         self.global_step += 1
         self.micro_step, self.bad_update = 0, False
         self.progress_bar.update(1)
-        args = self.args
-        if self.global_step % args.logging_steps == 0 or self.global_step == args.max_train_steps:
+        arguments = self.arguments
+        if self.global_step % arguments.logging_steps == 0 or self.global_step == arguments.max_train_steps:
             self.log()
-        if args.checkpointing_steps and self.global_step % args.checkpointing_steps == 0:
-            save_checkpoint(self.accelerator, self.output_dir, self.global_step, args.checkpoints_total_limit)
+        if arguments.checkpointing_steps and self.global_step % arguments.checkpointing_steps == 0:
+            save_checkpoint(self.accelerator, self.output_dir, self.global_step, arguments.checkpoints_total_limit)
         return True
 
     def log(self) -> Dict[str, float]:
@@ -276,9 +307,9 @@ class TrainingLoop:
         ``train_wall_time_s``, ``seconds_per_update``, ``skipped_steps``, ``num_processes``."""
         self.progress_bar.close()
         train_time = time.time() - self.train_start
-        args, updates = self.args, self.global_step - self.steps_at_start
-        if args.checkpointing_steps and self.global_step % args.checkpointing_steps and updates > 0:
-            save_checkpoint(self.accelerator, self.output_dir, self.global_step, args.checkpoints_total_limit)
+        arguments, updates = self.arguments, self.global_step - self.steps_at_start
+        if arguments.checkpointing_steps and self.global_step % arguments.checkpointing_steps and updates > 0:
+            save_checkpoint(self.accelerator, self.output_dir, self.global_step, arguments.checkpoints_total_limit)
         self.accelerator.wait_for_everyone()
         return {"train_updates": updates, "train_wall_time_s": train_time, "seconds_per_update": train_time / max(1, updates),
                 "skipped_steps": self.counters["skipped_steps"], "num_processes": self.accelerator.num_processes}
@@ -288,17 +319,17 @@ class TrainingLoop:
         return self.ema.averaged_model(self.model).cpu()
 
 
-def end_training(accelerator, args: argparse.Namespace, commit_message: str) -> None:
-    """Close the trackers, then ``--push_to_hub`` (main process): the output folder without checkpoints or logs.
+def end_training(accelerator, output_dir, commit_message: str, push_to_hub: bool = False, hub_model_id: Optional[str] = None,
+                 hub_token: Optional[str] = None, hub_private_repo: bool = False) -> None:
+    """Close the trackers, then with ``push_to_hub`` (main process) upload ``output_dir`` without checkpoints or logs.
 
     A failed upload logs what to do (everything is saved locally) and exits with status 1.
     """
     accelerator.end_training()
-    if args.push_to_hub and accelerator.is_main_process:
-        output_dir = Path(args.output_dir)
+    if push_to_hub and accelerator.is_main_process:
+        output_dir = Path(output_dir)
         try:
-            repo_id = push_folder_to_hub(output_dir, args.hub_model_id, args.hub_token, args.hub_private_repo,
-                                         commit_message=commit_message)
+            repo_id = push_folder_to_hub(output_dir, hub_model_id, hub_token, hub_private_repo, commit_message=commit_message)
             logger.info(f"pushed {output_dir} to https://huggingface.co/{repo_id}")
         except RuntimeError as error:
             logger.error(str(error))

@@ -8,13 +8,10 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import nn
-
-from .augmentations import random_flip
-from .data import rank_rand, rank_randn
 
 
 def cutoff_step(num_steps: int, cutoff: float) -> int:
@@ -57,10 +54,6 @@ def assignment_loss(
     return cross_entropy_weight * (-log_q.mean()) + prob_weight * (-log_q.exp().mean())
 
 
-# Upstream samples its RF time t ~ U[1e-3, 1] (t = 1 is data); diffusers' sigma = 1 - t ~ U[0, 1 - 1e-3].
-RF_T_MIN = 1e-3
-
-
 def rectified_flow_loss(
     decoder: nn.Module,
     pixel_values: torch.Tensor,
@@ -86,26 +79,3 @@ def rectified_flow_loss(
     noisy = (1.0 - sigmas_) * pixel_values + sigmas_ * noise  # [B, C, H, W]
     velocity = decoder(noisy, sigmas * 1000.0, latents, class_labels, return_dict=True).sample  # [B, C, H, W]
     return (velocity.float() - (noise - pixel_values).float()).pow(2).mean()
-
-
-def rectified_flow_inputs(
-    pixel_values: torch.Tensor, generator: torch.Generator, latent_dim: int, flip: bool, process_index: int, num_processes: int
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The random draws of one micro-batch for the RF loss (case studies 1 and 3), in a fixed order from ``generator``
-    (seeded by ``(seed, micro-batch)``): flip uniforms (with ``flip``), latent noise, image noise, sigmas. Each is
-    this process's rows of a global draw (:func:`~lzn_hf.training.data.rank_randn`), so a sample's draws depend on
-    its place in the global batch only: resumable and independent of the number of processes.
-
-    Args:
-        pixel_values: ``[B, C, H, W]`` in [-1, 1].
-    Returns:
-        ``(pixel_values [B, C, H, W] (flipped where drawn), latent_noise [B, d], image_noise [B, C, H, W],
-        sigmas [B])``, ``sigma = 1 - t`` with upstream's ``t ~ U[1e-3, 1]``.
-    """
-    local = pixel_values.shape[0]
-    if flip:
-        pixel_values = random_flip(pixel_values, rank_rand([local], generator, process_index, num_processes))
-    latent_noise = rank_randn([local, latent_dim], generator, process_index, num_processes)
-    image_noise = rank_randn(pixel_values.shape, generator, process_index, num_processes)
-    sigmas = (1.0 - RF_T_MIN) * rank_rand([local], generator, process_index, num_processes)
-    return pixel_values, latent_noise, image_noise, sigmas

@@ -1,15 +1,13 @@
-"""Optimisation: per-module Adam groups, upstream's warm-up, per-module EMA, step skipping, the decoder freeze.
+"""Optimisation: per-module Adam groups, upstream's warm-up, per-module EMA, the decoder freeze.
 
 * :func:`module_param_groups` / :func:`adam_with_warmup`: one Adam group per part, ``LinearLR`` warm-up;
 * :class:`ExponentialMovingAverage` / :class:`ModuleEMA`: upstream's EMA (warm-up ``min(decay, (1 + n) / (10 + n))``),
   one per part of the model, so that a frozen part's average stops;
-* :func:`all_processes_finite`: the skip decision for a non-finite loss or gradient, taken on every rank alike;
-* :func:`global_class_weights`, :func:`freeze_module`, :func:`trainable_parameters`, :class:`TrainingCounters`.
+* :func:`freeze_module`, :func:`trainable_parameters` (the gradient-clip set).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 from pathlib import Path
@@ -17,8 +15,6 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-
-from .losses import class_weights_from_labels
 
 
 def module_param_groups(modules: Mapping[str, Tuple[Optional[nn.Module], float]]) -> List[Dict[str, Any]]:
@@ -42,9 +38,10 @@ def linear_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.
     return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup_steps, end_factor=1.0, total_iters=warmup_steps)
 
 
-def adam_with_warmup(args: argparse.Namespace, modules: Mapping[str, Tuple[Optional[nn.Module], float]]):
-    """The optimizer and schedule of every script: Adam over :func:`module_param_groups` (``--adam_beta1``,
-    ``--adam_beta2``, ``--adam_epsilon``, ``--adam_weight_decay``) and :func:`linear_warmup` over ``--lr_warmup_steps``.
+def adam_with_warmup(modules: Mapping[str, Tuple[Optional[nn.Module], float]], warmup_steps: int, betas: Tuple[float, float] = (0.9, 0.999),
+                     eps: float = 1e-8, weight_decay: float = 0.0):
+    """The optimizer and schedule of every script: Adam over :func:`module_param_groups` and :func:`linear_warmup`
+    over ``warmup_steps`` (``--lr_warmup_steps``; ``betas``, ``eps``, ``weight_decay``: ``--adam_*``).
 
     Args:
         modules: ``{name: (module or None, learning rate)}``, one parameter group each.
@@ -52,13 +49,8 @@ def adam_with_warmup(args: argparse.Namespace, modules: Mapping[str, Tuple[Optio
         ``(optimizer, lr_scheduler)``. The scheduler is stepped once per update, whatever the number of processes,
         so it is not handed to ``accelerator.prepare`` (registered for checkpointing instead).
     """
-    optimizer = torch.optim.Adam(
-        module_param_groups(modules),
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
-        weight_decay=args.adam_weight_decay,
-    )
-    return optimizer, linear_warmup(optimizer, args.lr_warmup_steps)
+    optimizer = torch.optim.Adam(module_param_groups(modules), betas=betas, eps=eps, weight_decay=weight_decay)
+    return optimizer, linear_warmup(optimizer, warmup_steps)
 
 
 class ExponentialMovingAverage:
@@ -172,41 +164,6 @@ class ModuleEMA:
         state = json.loads(Path(load_directory, self.STATE_FILE).read_text())
         for name, average in self.averages.items():
             average.load_state_dict({**state[name], "shadow_params": list(getattr(averaged, name).parameters())})
-
-
-class TrainingCounters:
-    """Run counters kept in checkpoints (``accelerator.register_for_checkpointing``), e.g. skipped steps."""
-
-    def __init__(self, **values: int):
-        self.values = dict(values)
-
-    def __getitem__(self, key: str) -> int:
-        return self.values[key]
-
-    def __setitem__(self, key: str, value: int) -> None:
-        self.values[key] = value
-
-    def state_dict(self) -> Dict[str, int]:
-        return dict(self.values)
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        self.values.update(state)
-
-
-def all_processes_finite(accelerator, value: torch.Tensor) -> bool:
-    """True when ``value`` is finite on every process (one all-gather): every rank takes the same decision,
-    so a step is skipped everywhere or nowhere (a rank-local skip would deadlock the gradient all-reduce)."""
-    flag = torch.isfinite(value.detach()).all().to(torch.float32).reshape(1)
-    if accelerator.num_processes > 1:
-        flag = accelerator.gather(flag)
-    return bool(flag.min().item() > 0)
-
-
-def global_class_weights(accelerator, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """pi over the *global* batch (labels of every process gathered): ``[C]`` (lzn-method.md §2.2)."""
-    if accelerator.num_processes > 1:
-        labels = accelerator.gather(labels)
-    return class_weights_from_labels(labels, num_classes)
 
 
 def freeze_module(module: Optional[nn.Module]) -> None:

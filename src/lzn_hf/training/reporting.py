@@ -1,58 +1,48 @@
-"""What a training run reports: model-card sections and run cards, sample grids, the logged history and its
-curves, the tracker configuration."""
+"""What a training run reports: the training section of its model cards, sample grids, the logged history and
+its curves, the tracker configuration."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from .arguments import TrainingArguments
 
-def dataset_id(args: argparse.Namespace) -> str:
-    """The dataset name model cards use: ``sklearn-digits``, the Hub id, or ``imagefolder``."""
-    if args.train_data_dir is not None:
+
+def dataset_id(dataset_name: Optional[str], train_data_dir: Optional[str] = None) -> str:
+    """The dataset name model cards use: ``sklearn-digits``, the Hub id, ``imagefolder``, or ``saved-dataset``
+    (a folder written by ``save_to_disk``: a local path says nothing on the Hub)."""
+    from .data import is_saved_dataset
+
+    if train_data_dir is not None:
         return "imagefolder"
-    return "sklearn-digits" if args.dataset_name == "digits" else args.dataset_name
+    if is_saved_dataset(dataset_name):
+        return "saved-dataset"
+    return "sklearn-digits" if dataset_name == "digits" else dataset_name
 
 
-def training_markdown(args: argparse.Namespace, script: str, extra: Optional[Mapping[str, Any]] = None) -> str:
+def training_markdown(arguments: "TrainingArguments", global_batch_size: int, script: str, extra: Optional[Mapping[str, Any]] = None) -> str:
     """A "## Training" section for model cards: the command line's essentials and the hyper-parameters."""
     rows = {
         "script": f"`examples/{script}`",
-        "config (preset)": f"`{args.config}`",
-        "data": f"`{dataset_id(args)}`",
-        "updates": args.max_train_steps,
-        "global batch (anchors per zone set)": args.global_batch_size,
+        "config (preset)": f"`{arguments.config}`",
+        "data": f"`{dataset_id(arguments.dataset_name, arguments.train_data_dir)}`",
+        "updates": arguments.max_train_steps,
+        "global batch (anchors per zone set)": global_batch_size,
         "learning rates (encoder / decoder / label anchors)":
-            f"{args.learning_rate_encoder} / {args.learning_rate_decoder} / {args.learning_rate_label_anchors}",
-        "warm-up updates": args.lr_warmup_steps,
-        "EMA decay (warm-up: min(decay, (1 + n) / (10 + n)))": args.ema_decay,
-        "seed": args.seed,
+            f"{arguments.learning_rate_encoder} / {arguments.learning_rate_decoder} / {arguments.learning_rate_label_anchors}",
+        "warm-up updates": arguments.lr_warmup_steps,
+        "EMA decay (warm-up: min(decay, (1 + n) / (10 + n)))": arguments.ema_decay,
+        "seed": arguments.seed,
         **(extra or {}),
     }
     lines = ["## Training", "", "| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows.items()]
     return "\n".join(lines)
-
-
-def write_run_card(folder, title: str, description: str, *, pipeline_tag: str, datasets: Sequence[str], usage: str,
-                   metrics: Optional[Mapping[str, float]] = None, tags: Sequence[str] = (), extra_text: str = "") -> Path:
-    """The ``README.md`` at the root of a training output folder (the Hub repo's card when pushed).
-
-    lzn_hf's model card (:func:`lzn_hf.model_cards.write_model_card`: YAML metadata with library ``lzn_hf``, the
-    pipeline tag, datasets, metrics and a model index of their values; usage, results, the method) with the run's
-    title, a ``description`` of what the folder holds, a ``usage`` snippet and ``extra_text`` (the training section).
-    Metric values are rounded to 4 digits. The saved model folders inside get their own cards.
-    """
-    from ..model_cards import write_model_card
-
-    metrics = {name: round(float(value), 4) for name, value in (metrics or {}).items()}
-    # the root holds no model of its own: kind "model" reads nothing from it, every text of the card is the run's
-    return write_model_card(folder, "model", title=title, description=description, usage=usage, pipeline_tag=pipeline_tag,
-                            datasets=datasets, metrics=metrics, tags=tags, extra_text=extra_text, license="mit")
 
 
 def save_image_grid(rows: Sequence[np.ndarray], path, row_labels: Optional[Sequence[str]] = None, scale: int = 4, pad: int = 2) -> Path:
@@ -140,6 +130,6 @@ def save_training_curves(history: Mapping[str, List[Tuple[int, float]]], path, k
     return Path(path)
 
 
-def tracker_config(args: argparse.Namespace) -> Dict[str, Any]:
-    """``vars(args)`` with values trackers accept (TensorBoard hparams take numbers, strings and booleans)."""
-    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in vars(args).items()}
+def tracker_config(flags: Mapping[str, Any]) -> Dict[str, Any]:
+    """``flags`` with values trackers accept (TensorBoard hparams take numbers, strings and booleans)."""
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flags.items()}

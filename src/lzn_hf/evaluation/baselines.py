@@ -1,7 +1,5 @@
-"""Evaluation at the end of training: an independent pixel classifier that judges class-conditional samples,
-and the cross-entropy ceiling with the same encoder.
-
-(Upstream's batch-mode accuracy and the linear probe of case study 2 are in :mod:`lzn_hf.evaluation`.)
+"""Reference models of an evaluation: an independent pixel classifier that judges class-conditional samples, and
+the cross-entropy classifier with the same encoder (the ceiling of classification, the supervised probe baseline).
 """
 
 from __future__ import annotations

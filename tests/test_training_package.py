@@ -1,7 +1,8 @@
-"""training_utils: recipes, data, noise, augmentations, EMA, schedules, checkpoints, Hub upload, outputs (in-process, fast)."""
+"""lzn_hf.training: arguments, recipes, data, noise, augmentations, EMA, schedules, checkpoints, Hub upload, outputs
+(in-process, fast)."""
 
-import argparse
 import json
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,27 +12,56 @@ import yaml
 from PIL import Image
 
 from lzn_hf import LZNConfig, LZNModel
-from lzn_hf import training_utils as tu
+from lzn_hf import training as tu
 
 
 # ---------------------------------------------------------------------------------------------------------
 # recipes and arguments
 # ---------------------------------------------------------------------------------------------------------
+@dataclass
+class ScriptFlags:
+    _argument_group_name = "script"
+
+    decoder_freeze_step: int = tu.flag(None, "a script's own flag")
+    switch: bool = tu.flag(False)
+
+
 def parse(argv, default_config="digits-joint"):
-    parser = tu.add_training_args(argparse.ArgumentParser(), default_config=default_config, default_output_dir="out")
-    return tu.finalize_training_args(parser.parse_args(argv))
+    args, script = tu.parse_training_arguments("test", {"config": default_config, "output_dir": "out"}, ScriptFlags, argv=argv)
+    assert isinstance(script, ScriptFlags)
+    return args
 
 
 def test_recipe_fills_unset_flags_and_flags_win():
     args = parse([])
     recipe = tu.TRAINING_RECIPES["digits-joint"]
+    assert isinstance(args, tu.TrainingArguments) and args.recipe == "digits-joint" and args.output_dir == "out"
     assert (args.learning_rate_encoder, args.learning_rate_decoder, args.learning_rate_label_anchors) == (1e-3, 2e-3, 1e-2)
     assert args.max_train_steps == recipe["max_train_steps"] and args.global_batch_size == 256 and args.dataset_name == "digits"
-    assert args.decoder_freeze_step == 500 and args.ema_decay == 0.9999
-    args = parse(["--config", "cifar10-joint", "--learning_rate_encoder", "0.5"])
+    assert args.ema_decay == 0.9999 and args.random_flip is False and args.report_to == "tensorboard"
+    args = parse(["--config", "cifar10-joint", "--learning_rate_encoder", "0.5", "--no-random_flip", "--report_to", "none"])
     assert args.learning_rate_encoder == 0.5 and args.learning_rate_decoder == 2e-3 and args.learning_rate_label_anchors == 1e-4
-    assert args.decoder_freeze_step == 60_000 and args.ema_decay == 0.999999 and args.global_batch_size == 2000
-    assert tu.global_to_local_batch_size(args, 8) == 250
+    assert args.ema_decay == 0.999999 and args.global_batch_size == 2000 and args.random_flip is False and args.report_to is None
+    assert tu.local_batch_size(args.train_batch_size, args.global_batch_size, 8) == 250
+    assert parse(["--random_flip"]).random_flip is True
+    assert args.adam_options() == {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
+
+
+def test_resolution_returns_a_copy_and_the_record_has_no_token():
+    raw = tu.TrainingArguments(config="digits-joint", hub_token="secret")
+    resolved = tu.resolve_recipe(raw)
+    assert raw.max_train_steps is None and resolved.max_train_steps == 1500  # the input is not mutated
+    record = resolved.to_record()
+    assert "hub_token" not in record and record["seed"] == 0 and json.loads(json.dumps(record)) == record
+
+
+def test_script_flags_help_keeps_one_name_per_flag_and_the_groups(capsys):
+    with pytest.raises(SystemExit):
+        tu.parse_training_arguments("DESCRIPTION", {"config": "digits-joint"}, ScriptFlags, argv=["--help"])
+    text = capsys.readouterr().out
+    assert "DESCRIPTION" in text and "--random_flip, --no-random_flip" in text and "--switch" in text
+    assert all(group in text for group in ("model:", "data:", "optimisation:", "checkpoints, logging and the Hub:", "script:"))
+    assert "--max-train-steps" not in text and "(default:digits-joint)" in "".join(text.split())
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -40,6 +70,7 @@ def test_recipe_fills_unset_flags_and_flags_win():
     (["--config", "afhq-cat-generation"], "--train_data_dir"),
     (["--config", "nope.json"], "not a preset"),
     (["--recipe", "nope"], "unknown --recipe"),
+    (["--train_data_dir", "x", "--dataset_name", "y"], "not both"),
 ])
 def test_bad_arguments_name_the_flag(argv, message):
     with pytest.raises(ValueError, match=message):
@@ -53,7 +84,7 @@ def test_an_image_folder_replaces_the_recipes_dataset():
 
 def test_global_batch_must_split_over_processes():
     with pytest.raises(ValueError, match="--train_batch_size"):
-        tu.global_to_local_batch_size(parse([]), 3)
+        tu.local_batch_size(None, parse([]).global_batch_size, 3)
 
 
 def test_every_recipe_has_a_preset_and_paper_values():
@@ -123,6 +154,60 @@ def test_image_folder_loader_resizes_scales_and_labels(image_folder, tmp_path):
     assert rgb[0]["pixel_values"].shape == (3, 16, 16)
     with pytest.raises(RuntimeError, match="imagefolder|image folder"):
         tu.load_image_dataset(8, 1, train_data_dir=str(tmp_path / "missing"))
+
+
+def test_subsets_are_seeded_and_stratified_not_the_first_rows():
+    """Issue 16: image folders list their rows class by class; a subset must hold every class in its share."""
+    labels = torch.arange(10).repeat_interleave(100)  # 1,000 rows sorted by class, as an image folder
+    chosen = tu.stratified_indices(labels, 200)
+    assert len(chosen) == 200 and torch.equal(chosen, chosen.sort().values) and len(set(chosen.tolist())) == 200
+    assert torch.bincount(labels[chosen], minlength=10).tolist() == [20] * 10
+    assert torch.equal(chosen, tu.stratified_indices(labels, 200)) and not torch.equal(chosen, tu.stratified_indices(labels, 200, seed=1))
+    uneven = torch.cat([torch.zeros(900, dtype=torch.long), torch.ones(100, dtype=torch.long)])
+    assert torch.bincount(uneven[tu.stratified_indices(uneven, 50)]).tolist() == [45, 5]
+    assert torch.equal(tu.stratified_indices(labels, 5000), torch.arange(1000))  # the whole split, in its order
+    assert len(set(tu.stratified_indices(None, 30, num_rows=100).tolist())) == 30  # unlabelled: a seeded random subset
+    dataset = tu.TensorImageDataset(labels.float().view(-1, 1, 1, 1), labels)
+    images, subset_labels = tu.stack_dataset(dataset, 100)
+    assert torch.bincount(subset_labels).tolist() == [10] * 10 and torch.equal(images.flatten().long(), subset_labels)
+    whole, whole_labels = tu.stack_dataset(dataset)
+    assert torch.equal(whole_labels, labels)
+
+
+def test_image_folder_subsets_see_every_class(image_folder, tmp_path):
+    dataset, _ = tu.load_image_dataset(8, 1, train_data_dir=str(image_folder), cache_dir=str(tmp_path / "cache"))
+    assert tu.dataset_labels(dataset).tolist() == [0, 0, 0, 1, 1, 1]  # sorted by class
+    _, labels = tu.stack_dataset(dataset, 2)
+    assert sorted(labels.tolist()) == [0, 1]
+    truncated, _ = tu.load_image_dataset(8, 1, train_data_dir=str(image_folder), cache_dir=str(tmp_path / "cache"), max_samples=4)
+    assert sorted(tu.dataset_labels(truncated).tolist()) == [0, 0, 1, 1]
+    digits, _, _ = tu.load_training_data(tu.DataArguments(dataset_name="digits", max_train_samples=100), 8, 1, with_test=False)
+    assert len(digits) == 100 and torch.bincount(digits.labels).min() >= 9
+
+
+def test_a_dataset_saved_with_save_to_disk_loads_with_column_detection(tmp_path):
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image as ImageFeature
+
+    rng = np.random.default_rng(0)
+    features = Features({"img": ImageFeature(), "fine_label": ClassLabel(names=["a", "b", "c"]), "extra": ClassLabel(names=["x"])})
+
+    def split(count):
+        images = [Image.fromarray(rng.integers(0, 256, (6, 6), dtype=np.uint8)) for _ in range(count)]
+        return Dataset.from_dict({"img": images, "fine_label": [i % 3 for i in range(count)], "extra": [0] * count}, features=features)
+
+    DatasetDict({"train": split(9), "test": split(3)}).save_to_disk(str(tmp_path / "saved"))
+    assert tu.is_saved_dataset(str(tmp_path / "saved")) and not tu.is_saved_dataset(str(tmp_path))
+    train, test, names = tu.load_training_data(tu.DataArguments(dataset_name=str(tmp_path / "saved")), 4, 1)
+    assert names == ["a", "b", "c"] and len(train) == 9 and len(test) == 3
+    item = train[4]
+    assert item["pixel_values"].shape == (1, 4, 4) and item["labels"] == 1 and -1 <= item["pixel_values"].min()
+    assert tu.dataset_labels(test).tolist() == [0, 1, 2]
+    assert tu.dataset_id(str(tmp_path / "saved")) == "saved-dataset"
+    split(4).save_to_disk(str(tmp_path / "single"))  # one Dataset: the training split, no held-out split
+    train, test, _ = tu.load_training_data(tu.DataArguments(dataset_name=str(tmp_path / "single")), 4, 1)
+    assert len(train) == 4 and test is None
+    with pytest.raises(ValueError, match="label column 'nope' not found"):
+        tu.load_image_dataset(4, 1, dataset_name=str(tmp_path / "saved"), label_column="nope")
 
 
 def test_epoch_sampler_is_a_function_of_seed_and_epoch():
@@ -248,6 +333,18 @@ def test_all_processes_finite_and_class_weights_single_process():
     assert weights.tolist() == [0.5, 0.25, 0.25, 0.0]
 
 
+def test_forward_guards_float32_gather_and_nonfinite_loss():
+    anchors = torch.randn(3, 4, dtype=torch.bfloat16, requires_grad=True)
+    with tu.float32_flows("cpu"):
+        as_float, reference = tu.gather_float32_anchors(anchors)  # one process: the reference is the batch itself
+        assert as_float.dtype == reference.dtype == torch.float32 and torch.equal(reference, as_float)
+        assert torch.matmul(as_float, reference.T).dtype == torch.float32
+        assert tu.nonfinite_loss(reference, reference) is None
+        broken = reference * torch.tensor([1.0, float("inf"), 1.0, 1.0])
+        nan = tu.nonfinite_loss(reference, broken)
+        assert nan is not None and nan.ndim == 0 and torch.isnan(nan) and nan.requires_grad
+
+
 def test_rectified_flow_loss_matches_upstreams_orientation():
     torch.manual_seed(0)
     decoder = LZNModel(LZNConfig.from_preset("tiny-joint")).image_decoder
@@ -303,11 +400,26 @@ def test_push_folder_to_hub_uploads_the_final_folder_only(tmp_path, monkeypatch)
         tu.push_folder_to_hub(tmp_path / "lzn-run")
 
 
+def test_run_config_is_written_atomically_and_read_back(tmp_path):
+    args = parse(["--train_data_dir", "images", "--seed", "4"])
+    path = tu.write_run_config(tmp_path, "train_joint.py", args.to_record(), script_flags={"decoder_freeze_step": 5}, global_batch_size=64)
+    assert path.name == tu.RUN_CONFIG_FILE and not list(tmp_path.glob("*.partial"))
+    record = tu.read_run_config(tmp_path)
+    assert record["script"] == "train_joint.py" and record["flags"]["train_data_dir"] == "images" and record["flags"]["seed"] == 4
+    assert record["global_batch_size"] == 64 and record["script_flags"] == {"decoder_freeze_step": 5}
+    assert tu.read_run_config(tmp_path / "none") is None
+    with pytest.raises(ValueError, match="Hub token"):
+        tu.write_run_config(tmp_path, "x", {"hub_token": "secret"})
+    (tmp_path / "bad" ).mkdir()
+    (tmp_path / "bad" / tu.RUN_CONFIG_FILE).write_text("[1, 2")
+    with pytest.raises(ValueError, match="run_config.json is not valid JSON"):
+        tu.read_run_config(tmp_path / "bad")
+
+
 def test_run_card_metadata_and_training_section(tmp_path):
     args = parse(["--train_data_dir", "x"])
-    args.global_batch_size = 64
-    assert tu.dataset_id(args) == "imagefolder" and tu.dataset_id(parse([])) == "sklearn-digits"
-    training = tu.training_markdown(args, "train_joint.py", {"extra": 1})
+    assert tu.dataset_id(args.dataset_name, args.train_data_dir) == "imagefolder" and tu.dataset_id("digits") == "sklearn-digits"
+    training = tu.training_markdown(args, 64, "train_joint.py", {"extra": 1})
     assert "| global batch (anchors per zone set) | 64 |" in training and "| extra | 1 |" in training
     path = tu.write_run_card(tmp_path, "title", "text", pipeline_tag="image-classification", datasets=["sklearn-digits"],
                              metrics={"accuracy/anchor_bank": 0.95}, usage="x = 1", extra_text=training)
@@ -340,22 +452,23 @@ def test_pngs(tmp_path):
 
 
 def test_tracker_config_is_scalar_only():
-    config = tu.tracker_config(argparse.Namespace(a=1, b=None, c=[1, 2], d="x", e=True))
+    config = tu.tracker_config(dict(a=1, b=None, c=[1, 2], d="x", e=True))
     assert config == {"a": 1, "b": "None", "c": "[1, 2]", "d": "x", "e": True}
     json.dumps(config)
 
 
 def test_batch_mode_accuracy_and_judge_run_on_a_tiny_model():
     from lzn_hf import LZNForImageClassification
+    from lzn_hf.evaluation import batch_mode_accuracy, fit_pixel_judge
 
     torch.manual_seed(0)
     classifier = LZNForImageClassification(LZNConfig.from_preset("tiny-joint")).eval()
     images, labels = torch.rand(10, 1, 8, 8) * 2 - 1, torch.arange(10) % 3
     for noise in ("zero", "random"):
-        accuracy = tu.batch_mode_accuracy(classifier, images, labels, batch_size=4, noise=noise, filler=images)
+        accuracy = batch_mode_accuracy(classifier, images, labels, batch_size=4, noise=noise, filler=images)
         assert 0.0 <= accuracy <= 1.0
-    a = tu.batch_mode_accuracy(classifier, images, labels, batch_size=4, noise="random", seed=1)
-    assert a == tu.batch_mode_accuracy(classifier, images, labels, batch_size=4, noise="random", seed=1)
-    judge = tu.fit_pixel_judge(*tu.load_digits("train"))
+    a = batch_mode_accuracy(classifier, images, labels, batch_size=4, noise="random", seed=1)
+    assert a == batch_mode_accuracy(classifier, images, labels, batch_size=4, noise="random", seed=1)
+    judge = fit_pixel_judge(*tu.load_digits("train"))
     test_x, test_y = tu.load_digits("test")
     assert judge.score(((test_x + 1) / 2).reshape(len(test_x), -1).numpy(), test_y.numpy()) > 0.98  # ~99 % on real digits
