@@ -29,8 +29,9 @@ from lzn_hf import LZNConfig, LZNForImageClassification, LZNImageProcessor, LZNM
 
 # Top-level packages the copied files may import, besides the standard library and each other (design.md §2).
 ALLOWED_IMPORTS = {"torch", "transformers", "huggingface_hub"}
-# ... and the pipeline's own file (pipeline_lzn.py), which only the diffusers loader reads.
-PIPELINE_ALLOWED_IMPORTS = ALLOWED_IMPORTS | {"diffusers", "numpy"}
+# ... and the pipeline's own file (pipeline_lzn.py), which only the diffusers loader reads (scipy: imported on
+# first use of sampler="rk45" only; diffusers' loader warns if it is missing).
+PIPELINE_ALLOWED_IMPORTS = ALLOWED_IMPORTS | {"diffusers", "numpy", "scipy"}
 PIPELINE_CALL = {"labels": [2], "num_inference_steps": 3, "output_type": "pt"}  # + generator=torch.manual_seed(0)
 
 
