@@ -267,6 +267,12 @@ def test_labels_as_integer_tensor_array_or_tuple(conditional):
     assert images(conditional, labels=torch.tensor(2)).shape[0] == 1  # a 0-d tensor: one label
 
 
+def test_sigmas_with_a_scheduler_that_takes_none(unconditional):
+    heun = LZNPipeline(image_decoder=unconditional.image_decoder, scheduler=FlowMatchHeunDiscreteScheduler())
+    with pytest.raises(ValueError, match="`sigmas`: FlowMatchHeunDiscreteScheduler does not accept a custom sigma schedule"):
+        heun(num_images=1, sigmas=[0.9, 0.5])
+
+
 def test_custom_sigmas_accepted_as_tensor(conditional):
     from_list = images(conditional, labels=[1], sigmas=[1.0, 0.6, 0.3])
     torch.testing.assert_close(images(conditional, labels=[1], sigmas=torch.tensor([1.0, 0.6, 0.3])), from_list, rtol=0, atol=0)
