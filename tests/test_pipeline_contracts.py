@@ -294,3 +294,26 @@ def test_decoder_inputs_follow_the_decoder_dtype():
         hook.remove()
     assert seen and set(seen) == {(torch.float64, torch.float64)}, seen
     assert output.dtype == torch.float64 and torch.isfinite(output).all()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# save_pretrained(push_to_hub=True) uploads the finished folder (code and card included); no network
+# ---------------------------------------------------------------------------------------------------------
+def test_save_pretrained_push_to_hub_uploads_code_and_card(tmp_path, monkeypatch, conditional):
+    import types
+
+    from lzn_hf import pipeline_lzn
+
+    uploaded = {}
+    monkeypatch.setattr(pipeline_lzn, "create_repo", lambda repo_id, **kwargs: types.SimpleNamespace(repo_id=repo_id))
+
+    def upload_folder(self, folder, repo_id, **kwargs):
+        files = {str(path.relative_to(folder)) for path in Path(folder).rglob("*") if path.is_file()}
+        uploaded.update(repo_id=repo_id, files=files, kwargs=kwargs, card=(Path(folder) / "README.md").read_text(),
+                        index=(Path(folder) / "model_index.json").read_text())
+
+    monkeypatch.setattr(DiffusionPipeline, "_upload_folder", upload_folder)
+    conditional.save_pretrained(tmp_path / "out", push_to_hub=True, repo_id="someone/lzn-code", include_code=True, commit_message="hi")
+    assert uploaded["repo_id"] == "someone/lzn-code" and uploaded["kwargs"].get("commit_message") == "hi"
+    assert {"pipeline_lzn.py", "image_decoder/modeling_lzn.py", "label_anchors/latent_flow.py", "README.md"} <= uploaded["files"]
+    assert '"pipeline_lzn"' in uploaded["index"] and "DiffusionPipeline.from_pretrained" in uploaded["card"]
