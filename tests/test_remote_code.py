@@ -178,6 +178,22 @@ def test_code_folder_loads_with_installed_lzn_hf_without_trust(saved_folders):
         DiffusionPipeline.from_pretrained(folder)  # the folder's code runs only when trusted
 
 
+def test_unconditional_code_folder(tmp_path):
+    torch.manual_seed(0)
+    model = LZNModel(LZNConfig.from_preset("tiny-generation"))
+    pipe = LZNPipeline(image_decoder=model.image_decoder)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(tmp_path, include_code=True)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_lzn", "LZNPipeline"] and index["label_anchors"] == [None, None]
+    assert (tmp_path / "image_decoder" / "modeling_lzn.py").is_file() and not (tmp_path / "label_anchors").exists()
+    assert "pipe(num_images=4" in (tmp_path / "README.md").read_text()
+    loaded = LZNPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    call = {"batch_size": 2, "num_inference_steps": 2, "output_type": "pt"}
+    torch.testing.assert_close(loaded(**call, generator=torch.manual_seed(0)).images, pipe(**call, generator=torch.manual_seed(0)).images, rtol=0, atol=0)
+
+
 SUBPROCESS_SCRIPT = textwrap.dedent(
     """
     import importlib.util, re, sys
