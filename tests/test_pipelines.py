@@ -12,7 +12,7 @@ from transformers import pipeline
 from lzn_hf import LZNConfig, LZNForImageClassification, LZNModel
 from lzn_hf.conversion import convert_original_checkpoint
 from lzn_hf.image_processing_lzn import lzn_image_processor
-from lzn_hf.pipeline_lzn import LZNPipeline, upstream_sigmas
+from lzn_hf.pipeline_lzn import LZNPipeline, upstream_euler_sigmas
 
 
 def get_dummy_components(preset="tiny-joint"):
@@ -114,7 +114,7 @@ def test_rk45_matches_fine_euler(pipe):
 def test_custom_sigmas(pipe):
     images = pipe(**get_dummy_inputs(num_inference_steps=3, sigmas=[0.999, 0.5, 0.2])).images
     assert images.shape == (4, 8, 8, 1)
-    assert upstream_sigmas(10)[0] == pytest.approx(0.999) and upstream_sigmas(10)[-1] == pytest.approx(0.0999)
+    assert upstream_euler_sigmas(10)[0] == pytest.approx(0.999) and upstream_euler_sigmas(10)[-1] == pytest.approx(0.0999)
 
 
 def test_unconditional_pipeline():

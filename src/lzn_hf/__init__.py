@@ -1,4 +1,10 @@
-"""lzn_hf: Latent Zoning Networks (Lin et al., NeurIPS 2025) for the Hugging Face ecosystem."""
+"""lzn_hf: Latent Zoning Networks (Lin et al., NeurIPS 2025) for the Hugging Face ecosystem.
+
+`LZNPipeline` is exported lazily (module `__getattr__`): `import lzn_hf` does not import diffusers;
+`from lzn_hf import LZNPipeline` imports `lzn_hf.pipeline_lzn`, the only module that does.
+"""
+
+import importlib
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
@@ -48,4 +54,20 @@ __all__ = [
     "LZNForImageClassification",
     "LZNImageProcessor",
     "lzn_image_processor",
+    "LZNPipeline",
 ]
+
+# name -> submodule, imported on first access (these submodules import diffusers)
+_LAZY_EXPORTS = {"LZNPipeline": "pipeline_lzn"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY_EXPORTS:
+        value = getattr(importlib.import_module(f".{_LAZY_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_EXPORTS))

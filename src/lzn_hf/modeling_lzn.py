@@ -17,6 +17,7 @@ Imports only torch, transformers and sibling modules (Hub remote code copies exa
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -173,11 +174,15 @@ class LZNPreTrainedModel(PreTrainedModel):
     _lzn_model_card: Optional[str] = None
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`; composite models then add a model card (`README.md`, see
-        `lzn_hf.model_cards`) unless the folder has one. `push_to_hub` uploads it (keeping a card on the Hub)."""
+        """`PreTrainedModel.save_pretrained` (same signature: diffusers reads it to pass `variant` and
+        `max_shard_size`); composite models then add a model card (`README.md`, see `lzn_hf.model_cards`) unless
+        the folder has one. `push_to_hub` uploads it (keeping a card on the Hub)."""
         super().save_pretrained(save_directory, *args, **kwargs)
-        if self._lzn_model_card and kwargs.get("is_main_process", True):
+        arguments = inspect.signature(PreTrainedModel.save_pretrained).bind(self, save_directory, *args, **kwargs).arguments
+        if self._lzn_model_card and arguments.get("is_main_process", True):
             write_model_card(save_directory, kind=self._lzn_model_card, overwrite=False)
+
+    save_pretrained.__signature__ = inspect.signature(PreTrainedModel.save_pretrained)
 
     def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
         # transformers' push paths write a placeholder card just before this call: put lzn_hf's card in its place.

@@ -3,11 +3,19 @@
 label -> label anchors -> forward label flow -> LZN latent -> rectified-flow decoder -> image.
 Unconditional models draw the LZN latent from N(0, I) directly (the latent space is Gaussian by
 construction). The only module of lzn_hf that imports diffusers.
+
+This file also travels as remote code (``save_pretrained(..., include_code=True)``): it imports only torch,
+numpy, diffusers, transformers and the siblings it names with ``from .x import`` (never the modeling code,
+which the components bring along in their own folders).
 """
 
 from __future__ import annotations
 
 import inspect
+import json
+import os
+import sys
+from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
@@ -15,22 +23,27 @@ import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import DIFFUSERS_DYNAMIC_MODULE_NAME
 from diffusers.utils.torch_utils import randn_tensor
+from huggingface_hub import create_repo
+from transformers import PreTrainedModel
+from transformers.dynamic_module_utils import get_relative_import_files
 
 from .model_cards import prepare_upload, write_model_card
-from .modeling_lzn import LZNImageDecoder, LZNLabelAnchors
 
-__all__ = ["LZNPipeline", "upstream_sigmas"]
+__all__ = ["LZNPipeline", "upstream_euler_sigmas", "UPSTREAM_T_START", "MAX_INFERENCE_STEPS"]
 
 # Upstream samples the decoder's ODE from t = 1e-3 (nearly pure noise) to t = 1 (data).
 UPSTREAM_T_START = 1e-3
+# More Euler steps than this gain nothing measurable; sampler="rk45" is the accurate (adaptive) solver.
+MAX_INFERENCE_STEPS = 10_000
+# Libraries whose components diffusers loads by name; other components carry their code with include_code=True.
+_LIBRARIES_WITHOUT_CODE = ("diffusers", "transformers")
 
 
-def upstream_sigmas(num_inference_steps: int, t_start: float = UPSTREAM_T_START) -> List[float]:
-    """Upstream's uniform Euler grid in diffusers' orientation: ``sigma_k = 1 - (t_start + k (1 - t_start) / N)``.
-
-    The scheduler appends the final sigma 0 (t = 1).
-    """
+def upstream_euler_sigmas(num_inference_steps: int, t_start: float = UPSTREAM_T_START) -> List[float]:
+    """Upstream's uniform Euler grid for the image decoder, in diffusers' orientation:
+    ``sigma_k = 1 - (t_start + k (1 - t_start) / N)``, k = 0 .. N-1. The scheduler appends the final sigma 0."""
     step = (1.0 - t_start) / num_inference_steps
     return [1.0 - (t_start + k * step) for k in range(num_inference_steps)]
 
@@ -40,10 +53,12 @@ class LZNPipeline(DiffusionPipeline):
 
     Components:
         image_decoder ([`LZNImageDecoder`]): the rectified-flow velocity network conditioned on LZN latents.
-        scheduler ([`SchedulerMixin`]): a flow-matching scheduler; `FlowMatchEulerDiscreteScheduler` by default.
+        scheduler ([`SchedulerMixin`]): a flow-matching scheduler. Always present: when omitted (or None) the
+            constructor builds `FlowMatchEulerDiscreteScheduler()`, which is registered and saved like any other.
             Heun (`FlowMatchHeunDiscreteScheduler`) and `DPMSolverMultistepScheduler(use_flow_sigmas=True,
             prediction_type="flow_prediction")` plug in too.
-        label_anchors ([`LZNLabelAnchors`], *optional*): the label encoder; None for unconditional models.
+        label_anchors ([`LZNLabelAnchors`], *optional*): the label encoder. Required by a label-conditional
+            decoder (`image_decoder.config.num_classes > 0`), absent for an unconditional one.
 
     Example:
         ```py
@@ -53,27 +68,117 @@ class LZNPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "label_anchors->image_decoder"
-    _optional_components = ["label_anchors", "scheduler"]  # scheduler: None -> FlowMatchEulerDiscreteScheduler()
+    # diffusers treats a component with a default value as a module only if it is listed here; the scheduler
+    # still never stays None (see __init__), so folders written by lzn_hf always hold one.
+    _optional_components = ["label_anchors", "scheduler"]
 
-    def __init__(self, image_decoder: LZNImageDecoder, scheduler: Optional[SchedulerMixin] = None, label_anchors: Optional[LZNLabelAnchors] = None):
+    def __init__(
+        self,
+        image_decoder: PreTrainedModel,
+        scheduler: Optional[SchedulerMixin] = None,
+        label_anchors: Optional[PreTrainedModel] = None,
+    ):
         super().__init__()
+        _check_components(image_decoder, label_anchors)
         scheduler = FlowMatchEulerDiscreteScheduler() if scheduler is None else scheduler
         self.register_modules(image_decoder=image_decoder, scheduler=scheduler, label_anchors=label_anchors)
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_normalize=True)
 
     # ------------------------------------------------------------------------------------------------------
-    # saving: a model card beside the components
+    # saving: a model card beside the components, and optionally the code
     # ------------------------------------------------------------------------------------------------------
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """`DiffusionPipeline.save_pretrained`, then a model card (`README.md`, see `lzn_hf.model_cards`)
-        unless the folder already has one. `push_to_hub` uploads lzn_hf's card too (keeping one already on the Hub)."""
-        super().save_pretrained(save_directory, *args, **kwargs)
-        write_model_card(save_directory, kind="pipeline", overwrite=False)
+    def save_pretrained(
+        self,
+        save_directory: Union[str, os.PathLike],
+        safe_serialization: bool = True,
+        variant: Optional[str] = None,
+        max_shard_size: Optional[Union[int, str]] = None,
+        push_to_hub: bool = False,
+        *,
+        include_code: Optional[bool] = None,
+        **kwargs,
+    ):
+        """`DiffusionPipeline.save_pretrained` (same arguments: `variant`, `max_shard_size`, ... reach the
+        components), then a model card (`README.md`, see `lzn_hf.model_cards`) unless the folder has one.
+
+        Args:
+            include_code: also write the pipeline's and the components' code into the folder, so that
+                `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads it where lzn_hf is
+                not installed (docs/hub.md). Default: True for a pipeline that was itself loaded that way
+                (so that it stays loadable), else False. `LZNPipeline.from_pretrained` loads either kind of
+                folder with the installed lzn_hf code.
+            push_to_hub, kwargs: upload the folder afterwards (`repo_id`, `token`, `private`, `commit_message`,
+                `create_pr`), as `DiffusionPipeline.save_pretrained` does.
+        """
+        if self.scheduler is None:
+            raise ValueError("`scheduler` is None: the pipeline needs a flow-matching scheduler to be saved (e.g. FlowMatchEulerDiscreteScheduler())")
+        if include_code is None:
+            include_code = type(self).__module__.startswith(DIFFUSERS_DYNAMIC_MODULE_NAME + ".")
+        push_kwargs = {name: kwargs.pop(name) for name in ("repo_id", "token", "private", "commit_message", "create_pr") if name in kwargs}
+        super().save_pretrained(save_directory, safe_serialization=safe_serialization, variant=variant, max_shard_size=max_shard_size, **kwargs)
+        if include_code:
+            self._save_code(save_directory)
+        write_model_card(save_directory, kind="pipeline", overwrite=False, usage=self._remote_code_usage(save_directory))
+        if push_to_hub:
+            repo_id = push_kwargs.pop("repo_id", Path(save_directory).name)
+            repo_id = create_repo(repo_id, exist_ok=True, private=push_kwargs.pop("private", None), token=push_kwargs.get("token")).repo_id
+            self._upload_folder(save_directory, repo_id, **push_kwargs)
 
     def _upload_folder(self, working_dir, repo_id, *args, **kwargs):
         # diffusers' push paths write a placeholder card just before this call: put lzn_hf's card in its place.
-        prepare_upload(working_dir, repo_id)
+        if prepare_upload(working_dir, repo_id):
+            usage = self._remote_code_usage(working_dir, repo_id)
+            if usage:  # the folder carries its code: show the loading that needs no lzn_hf
+                write_model_card(working_dir, repo_id=repo_id, usage=usage)
         return super()._upload_folder(working_dir, repo_id, *args, **kwargs)
+
+    def _save_code(self, folder: Union[str, os.PathLike]) -> None:
+        """Copy the pipeline's module and each custom component's module, with the siblings they import, into
+        the folder, and point `model_index.json` at them (`["pipeline_lzn", "LZNPipeline"]`, `["modeling_lzn",
+        "LZNImageDecoder"]`): diffusers' layout for custom pipelines and custom components."""
+        folder = Path(folder)
+        index_path = folder / self.config_name
+        index = json.loads(index_path.read_text())
+        index["_class_name"] = [_copy_module_files(type(self), folder), type(self).__name__]
+        for name, entry in index.items():
+            component = getattr(self, name, None) if isinstance(entry, list) and name in self.components else None
+            if component is not None and type(component).__module__.split(".")[0] not in _LIBRARIES_WITHOUT_CODE:
+                index[name] = [_copy_module_files(type(component), folder / name), type(component).__name__]
+        _write_text_atomically(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    def _remote_code_usage(self, folder, repo_id: Optional[str] = None) -> Optional[str]:
+        """The model card's usage snippet for a folder that carries its code (None for other folders)."""
+        index = json.loads((Path(folder) / self.config_name).read_text())
+        if not isinstance(index.get("_class_name"), list):
+            return None
+        reference = json.dumps(repo_id or str(folder))
+        call = f"labels=[{json.dumps(self.id2label[0])}], num_images_per_label=4" if self.is_conditional else "num_images=4"
+        return "\n".join([
+            "import torch",
+            "from diffusers import DiffusionPipeline",
+            "",
+            f"pipe = DiffusionPipeline.from_pretrained({reference}, trust_remote_code=True)  # the folder's code; no lzn_hf needed",
+            f"images = pipe({call}, generator=torch.manual_seed(0)).images  # PIL images",
+        ])  # fmt: skip
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """`ConfigMixin.load_config`; for a folder that carries its code, entries naming this class and its
+        component classes are pointed at the modules already imported here, so that `LZNPipeline.from_pretrained`
+        runs the installed code (the folder's copy is only for `DiffusionPipeline.from_pretrained(...,
+        trust_remote_code=True)` where lzn_hf is missing). Nothing from the folder is imported."""
+        result = super().load_config(*args, **kwargs)
+        config = result[0] if isinstance(result, tuple) else result
+        class_name = config.get("_class_name")
+        if isinstance(class_name, list) and len(class_name) == 2 and class_name[1] == cls.__name__:
+            config["_class_name"] = cls.__name__
+        package = cls.__module__.rpartition(".")[0]
+        for name, entry in config.items():
+            if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and "." not in entry[0] and entry[0] not in _LIBRARIES_WITHOUT_CODE:
+                module = sys.modules.get(f"{package}.{entry[0]}") if package else None
+                if module is not None and isinstance(getattr(module, str(entry[1]), None), type):
+                    config[name] = [module.__name__, entry[1]]
+        return result
 
     # ------------------------------------------------------------------------------------------------------
     # labels
@@ -85,13 +190,16 @@ class LZNPipeline(DiffusionPipeline):
     @property
     def id2label(self) -> dict:
         """Class index -> name (from the label anchors' config)."""
-        return {} if self.label_anchors is None else dict(self.label_anchors.config.id2label)
+        return {} if self.label_anchors is None else {int(index): name for index, name in self.label_anchors.config.id2label.items()}
 
-    def get_label_ids(self, labels: Union[int, str, Sequence[Union[int, str]]]) -> List[int]:
-        """Class indices from indices or class names (`id2label`), like `DiTPipeline.get_label_ids`."""
+    def get_label_ids(self, labels) -> List[int]:
+        """Class indices from indices or class names (`id2label`), like `DiTPipeline.get_label_ids`.
+
+        `labels`: an index, a name, or a list / tuple / 1-D integer tensor or array of them.
+        """
         if self.label_anchors is None:
-            raise ValueError("this pipeline is unconditional (no label anchors): pass `num_images`, not `labels`")
-        labels = [labels] if isinstance(labels, (int, str, np.integer)) else list(labels)
+            raise ValueError("this pipeline is unconditional (no label anchors): pass `num_images` (or `batch_size`), not `labels`")
+        labels = _label_list(labels)
         label2id = {name: index for index, name in self.id2label.items()}
         valid = ", ".join(f"{index} ({name})" for index, name in sorted(self.id2label.items()))
         ids = []
@@ -101,7 +209,7 @@ class LZNPipeline(DiffusionPipeline):
             elif isinstance(label, (int, np.integer)) and not isinstance(label, bool) and 0 <= label < len(label2id):
                 ids.append(int(label))
             else:
-                raise ValueError(f"unknown label {label!r}; valid labels: {valid}")
+                raise ValueError(f"unknown label {label!r} in `labels`; valid labels: {valid}")
         if not ids:
             raise ValueError(f"`labels` is empty; valid labels: {valid}")
         return ids
@@ -109,13 +217,13 @@ class LZNPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------------------------------------------
     # sampling
     # ------------------------------------------------------------------------------------------------------
-    def _set_timesteps(self, num_inference_steps: int, sigmas: Optional[Sequence[float]], device):
+    def _set_timesteps(self, num_inference_steps: int, sigmas: Optional[List[float]], device):
         accepts_sigmas = "sigmas" in inspect.signature(self.scheduler.set_timesteps).parameters
         if accepts_sigmas:
-            sigmas = upstream_sigmas(num_inference_steps) if sigmas is None else list(sigmas)
+            sigmas = upstream_euler_sigmas(num_inference_steps) if sigmas is None else sigmas
             self.scheduler.set_timesteps(sigmas=sigmas, device=device)
         elif sigmas is not None:
-            raise ValueError(f"{type(self.scheduler).__name__} does not accept custom `sigmas`")
+            raise ValueError(f"`sigmas`: {type(self.scheduler).__name__} does not accept a custom sigma schedule")
         else:
             self.scheduler.set_timesteps(num_inference_steps, device=device)
         return self.scheduler.timesteps
@@ -126,10 +234,11 @@ class LZNPipeline(DiffusionPipeline):
     def _sample_with_scheduler(self, sample, lzn_latents, class_labels, num_inference_steps, sigmas, generator):
         timesteps = self._set_timesteps(num_inference_steps, sigmas, sample.device)
         sample = sample * getattr(self.scheduler, "init_noise_sigma", 1.0)
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
         for timestep in self.progress_bar(timesteps):
             model_input = self.scheduler.scale_model_input(sample, timestep) if hasattr(self.scheduler, "scale_model_input") else sample
             velocity = self._velocity(model_input, timestep, lzn_latents, class_labels)
-            sample = self.scheduler.step(velocity, timestep, sample, generator=generator, return_dict=False)[0]
+            sample = self.scheduler.step(velocity, timestep, sample, return_dict=False, **step_kwargs)[0]
         return sample
 
     def _sample_with_rk45(self, sample, lzn_latents, class_labels, rtol: float = 1e-5, atol: float = 1e-5):
@@ -152,10 +261,49 @@ class LZNPipeline(DiffusionPipeline):
         self.rk45_nfe = solution.nfev
         return torch.from_numpy(solution.y[:, -1].reshape(shape)).to(device=device, dtype=dtype)
 
+    def check_inputs(self, num_images_per_label, num_images, batch_size, num_inference_steps, sigmas, sampler, output_type) -> Optional[List[float]]:
+        """Raise a clear error naming the argument for a bad scalar argument; returns `sigmas` as a list of floats."""
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}")
+        if sampler not in ("scheduler", "rk45"):
+            raise ValueError(f"`sampler` must be 'scheduler' or 'rk45', got {sampler!r}")
+        _check_count("num_inference_steps", num_inference_steps, MAX_INFERENCE_STEPS)
+        _check_count("num_images_per_label", num_images_per_label)
+        for name, value in (("num_images", num_images), ("batch_size", batch_size)):
+            if value is not None:
+                _check_count(name, value)
+        if self.scheduler is None:
+            raise ValueError("`scheduler` is None: set a flow-matching scheduler, e.g. pipe.scheduler = FlowMatchEulerDiscreteScheduler()")
+        if sigmas is None:
+            return None
+        if sampler == "rk45":
+            raise ValueError("`sigmas` is not used by sampler='rk45' (an adaptive solver); drop it or use sampler='scheduler'")
+        return _check_sigmas(sigmas)
+
+    def _batch(self, labels, num_images_per_label, num_images, batch_size, latents, lzn_latents):
+        """The class labels (None for unconditional models) and the batch size."""
+        if self.is_conditional:
+            if labels is None:
+                raise ValueError(f"this pipeline is label-conditional: pass `labels` (valid: {sorted(self.id2label.values())})")
+            for name, value in (("num_images", num_images), ("batch_size", batch_size)):
+                if value is not None:
+                    raise ValueError(f"`{name}`: a label-conditional pipeline makes `num_images_per_label` images per entry of `labels`; pass those instead")
+            class_ids = [index for index in self.get_label_ids(labels) for _ in range(num_images_per_label)]
+            return class_ids, len(class_ids)
+        if labels is not None:
+            raise ValueError("this pipeline is unconditional: pass `num_images` (or `batch_size`), not `labels`")
+        if num_images is not None and batch_size is not None:
+            raise ValueError("pass `num_images` or its diffusers name `batch_size`, not both")
+        size = num_images if num_images is not None else batch_size
+        if size is None:  # the batch of the tensors given, else 1
+            given = [value for value in (lzn_latents, latents) if isinstance(value, torch.Tensor) and value.ndim > 0]
+            size = given[0].shape[0] if given else 1
+        return None, size
+
     @torch.no_grad()
     def __call__(
         self,
-        labels: Optional[Union[int, str, Sequence[Union[int, str]]]] = None,
+        labels: Optional[Union[int, str, Sequence[Union[int, str]], torch.Tensor]] = None,
         num_images_per_label: int = 1,
         num_images: Optional[int] = None,
         num_inference_steps: int = 10,
@@ -166,18 +314,23 @@ class LZNPipeline(DiffusionPipeline):
         lzn_latents: Optional[torch.Tensor] = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        batch_size: Optional[int] = None,
     ) -> Union[ImagePipelineOutput, tuple]:
         r"""Generate images.
 
         Args:
-            labels: class indices or names (label-conditional models); each is repeated `num_images_per_label` times.
-            num_images: number of images for unconditional models (default 1, or the batch of `latents`).
-            num_inference_steps: scheduler steps (default 10: upstream's "euler10" on its uniform grid from
-                t = 1e-3, i.e. sigmas `1 - 1e-3 - k * 0.0999`, ending at sigma 0).
-            sigmas: a custom decreasing sigma schedule (flow-matching schedulers that accept one).
+            labels: class indices or names, as a list / tuple / 1-D integer tensor (label-conditional models);
+                each is repeated `num_images_per_label` times.
+            num_images / batch_size: number of images for unconditional models (`batch_size` is
+                `DDPMPipeline`'s name for it); default 1, or the batch of `latents` / `lzn_latents`.
+            num_inference_steps: scheduler steps, 1 to 10,000 (default 10: upstream's "euler10" on its uniform
+                grid from t = 1e-3, i.e. sigmas `1 - 1e-3 - k * 0.0999`, ending at sigma 0).
+            sigmas: a custom schedule, strictly decreasing values in (0, 1] (the scheduler appends the final 0);
+                replaces `num_inference_steps`. Flow-matching schedulers that accept one.
             sampler: `"scheduler"` (the pipeline's scheduler) or `"rk45"` (upstream's adaptive RK45 with
                 rtol = atol = 1e-5, used for its FID numbers; the scheduler is not used).
-            generator: torch generator(s) for determinism.
+            generator: a torch generator, or a list of one per image (image `i` then depends only on
+                `generator[i]`, as in diffusers).
             latents: `[B, C, H, W]` initial image noise (diffusers' sense of "latents").
             lzn_latents: `[B, d]` LZN latent codes, bypassing the label encoder (for conditional models the
                 labels are still needed by the decoder).
@@ -185,49 +338,36 @@ class LZNPipeline(DiffusionPipeline):
 
         Returns:
             [`ImagePipelineOutput`] with `images`, or a tuple.
+
+        Dtypes: noise and latents are made in the decoder's dtype (float16 / bfloat16 after
+        `from_pretrained(..., torch_dtype=...)`); the label flow computes in float32 and its latents are cast
+        to the decoder's dtype; the scheduler keeps its own precision (diffusers' schedulers step in float32).
         """
+        sigmas = self.check_inputs(num_images_per_label, num_images, batch_size, num_inference_steps, sigmas, sampler, output_type)
         decoder_config = self.image_decoder.config
         device = self._execution_device
         dtype = self.image_decoder.dtype
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}")
-        if sampler not in ("scheduler", "rk45"):
-            raise ValueError(f"`sampler` must be 'scheduler' or 'rk45', got {sampler!r}")
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}")
-        if num_images_per_label < 1:
-            raise ValueError(f"`num_images_per_label` must be >= 1, got {num_images_per_label}")
 
         # 1. batch and class labels
-        class_labels = None
-        if self.is_conditional:
-            if labels is None:
-                raise ValueError(f"this pipeline is label-conditional: pass `labels` (valid: {sorted(self.id2label.values())})")
-            if num_images is not None:
-                raise ValueError("pass `labels` and `num_images_per_label` to a label-conditional pipeline, not `num_images`")
-            class_ids = [index for index in self.get_label_ids(labels) for _ in range(num_images_per_label)]
-            class_labels = torch.tensor(class_ids, device=device)
-            batch_size = len(class_ids)
-        else:
-            if labels is not None:
-                raise ValueError("this pipeline is unconditional: pass `num_images`, not `labels`")
-            batch_size = num_images or (len(lzn_latents) if lzn_latents is not None else len(latents) if latents is not None else 1)
+        class_ids, size = self._batch(labels, num_images_per_label, num_images, batch_size, latents, lzn_latents)
+        class_labels = None if class_ids is None else torch.tensor(class_ids, device=device)
+        generator = _check_generator(generator, size)
 
         # 2. LZN latents: label encoder, or N(0, I) for unconditional models
-        latent_shape = (batch_size, decoder_config.latent_dim)
+        latent_shape = (size, decoder_config.latent_dim)
         if lzn_latents is None:
             noise = randn_tensor(latent_shape, generator=generator, device=device, dtype=dtype)
             lzn_latents = self.label_anchors.get_label_latents(class_labels, noise=noise) if self.is_conditional else noise
-        elif tuple(lzn_latents.shape) != latent_shape:
-            raise ValueError(f"`lzn_latents` must have shape {latent_shape}, got {tuple(lzn_latents.shape)}")
+        else:
+            _check_tensor("lzn_latents", lzn_latents, latent_shape)
         lzn_latents = lzn_latents.to(device=device, dtype=dtype)
 
         # 3. initial image noise
-        image_shape = (batch_size, decoder_config.num_channels, decoder_config.image_size, decoder_config.image_size)
+        image_shape = (size, decoder_config.num_channels, decoder_config.image_size, decoder_config.image_size)
         if latents is None:
             latents = randn_tensor(image_shape, generator=generator, device=device, dtype=dtype)
-        elif tuple(latents.shape) != image_shape:
-            raise ValueError(f"`latents` must have shape {image_shape}, got {tuple(latents.shape)}")
+        else:
+            _check_tensor("latents", latents, image_shape)
         sample = latents.to(device=device, dtype=dtype)
 
         # 4. integrate the decoder's ODE from noise to data
@@ -242,3 +382,117 @@ class LZNPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# checks
+# ----------------------------------------------------------------------------------------------------------
+def _check_components(image_decoder, label_anchors) -> None:
+    """A conditional decoder needs label anchors that match it; an unconditional one takes none."""
+    config = getattr(image_decoder, "config", None)
+    if not all(hasattr(config, field) for field in ("num_classes", "latent_dim", "num_channels", "image_size")):
+        raise TypeError(f"`image_decoder` must be an LZNImageDecoder, got {type(image_decoder).__name__}")
+    num_classes, latent_dim = config.num_classes, config.latent_dim
+    if label_anchors is None:
+        if num_classes > 0:
+            raise ValueError(
+                f"`label_anchors` is missing: `image_decoder` is label-conditional ({num_classes} classes), so the pipeline "
+                f"needs the model's label anchors (an LZNLabelAnchors with {num_classes} classes and latent_dim {latent_dim}, "
+                "e.g. `label_anchors=model.label_anchors`)"
+            )
+        return
+    anchors_config = getattr(label_anchors, "config", None)
+    if not hasattr(label_anchors, "get_label_latents") or not hasattr(anchors_config, "num_classes"):
+        raise TypeError(f"`label_anchors` must be an LZNLabelAnchors, got {type(label_anchors).__name__}")
+    if num_classes == 0:
+        raise ValueError("`label_anchors` given, but `image_decoder` is unconditional (num_classes=0) and would ignore them: pass label_anchors=None")
+    if (anchors_config.num_classes, anchors_config.latent_dim) != (num_classes, latent_dim):
+        raise ValueError(
+            f"`label_anchors` ({anchors_config.num_classes} classes, latent_dim {anchors_config.latent_dim}) do not match "
+            f"`image_decoder` ({num_classes} classes, latent_dim {latent_dim})"
+        )
+
+
+def _check_count(name: str, value, maximum: Optional[int] = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"`{name}` must be at most {maximum:,}, got {value:,} (use sampler='rk45' for an accurate adaptive solve)")
+
+
+def _check_sigmas(sigmas) -> List[float]:
+    if isinstance(sigmas, (str, bytes, dict, set, frozenset)):
+        raise TypeError(f"`sigmas` must be a sequence of floats, got {type(sigmas).__name__}")
+    try:
+        values = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"`sigmas` must be a sequence of floats: {error}") from None
+    if values.ndim != 1 or values.numel() == 0:
+        raise ValueError(f"`sigmas` must be a non-empty 1-D sequence, got shape {tuple(values.shape)}")
+    if not torch.isfinite(values).all():
+        raise ValueError(f"`sigmas` contains NaN or Inf: {values.tolist()}")
+    if values.min() <= 0 or values.max() > 1:
+        raise ValueError(f"`sigmas` must be in (0, 1] (1 = noise; the scheduler appends the final 0), got {values.tolist()}")
+    if values.numel() > 1 and not (values[1:] < values[:-1]).all():
+        raise ValueError(f"`sigmas` must be strictly decreasing (from noise towards data), got {values.tolist()}")
+    return values.tolist()
+
+
+def _label_list(labels) -> list:
+    """`labels` as a list of indices / names; 1-D integer tensors and arrays are accepted, unordered containers not."""
+    if isinstance(labels, (torch.Tensor, np.ndarray)):
+        dtype_ok = not (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool) if isinstance(labels, torch.Tensor) else np.issubdtype(labels.dtype, np.integer)
+        if not dtype_ok or labels.ndim > 1:
+            raise ValueError(f"`labels` as a tensor or array must hold integer class indices in 1-D, got dtype {labels.dtype} and shape {tuple(labels.shape)}")
+        return [int(label) for label in labels.reshape(-1).tolist()]
+    if isinstance(labels, (int, str, np.integer)):
+        return [labels]
+    if isinstance(labels, (list, tuple)):
+        return list(labels)
+    raise TypeError(
+        f"`labels` must be a class index, a class name, or a list / tuple / 1-D integer tensor of them, got "
+        f"{type(labels).__name__}" + (" (unordered: the order of the images would be undefined)" if isinstance(labels, (set, frozenset, dict)) else "")
+    )
+
+
+def _check_generator(generator, batch_size: int):
+    """A generator, or a list of `batch_size` generators (returned as a list)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, (list, tuple)) and all(isinstance(item, torch.Generator) for item in generator):
+        if len(generator) != batch_size:
+            raise ValueError(f"`generator` is a list of {len(generator)} generators, but the batch has {batch_size} images: pass one per image")
+        return list(generator)
+    raise TypeError(f"`generator` must be a torch.Generator or a list of them, got {type(generator).__name__}")
+
+
+def _check_tensor(name: str, value, shape: tuple) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor of shape {list(shape)}, got {type(value).__name__}")
+    if tuple(value.shape) != tuple(shape):
+        raise ValueError(f"`{name}` must have shape {list(shape)}, got {list(value.shape)}")
+    if not value.is_floating_point():
+        raise TypeError(f"`{name}` must hold floats, got dtype {value.dtype}")
+    if not torch.isfinite(value).all():
+        raise ValueError(f"`{name}` contains NaN or Inf")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# code carried by a saved folder
+# ----------------------------------------------------------------------------------------------------------
+def _copy_module_files(cls: type, folder: Path) -> str:
+    """Copy the file defining `cls` and every sibling it imports (`from .x import`, recursively; the same
+    resolution the Hub loaders use) into `folder`; returns the module's name (the file name without .py)."""
+    source = Path(inspect.getfile(cls))
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in dict.fromkeys([source, *map(Path, get_relative_import_files(source))]):
+        if not path.is_file():
+            raise FileNotFoundError(f"{source.name} imports {path.stem} from its package, but {path} does not exist: the code cannot be carried")
+        _write_text_atomically(folder / path.name, path.read_text(encoding="utf-8"))
+    return source.stem
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
