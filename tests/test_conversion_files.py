@@ -54,6 +54,7 @@ def _npz(path):
 
 FOREIGN_FILES = {  # kind: (how to make it, what the error says it looks like)
     "text": (lambda p: p.write_text("hello, this is not a checkpoint\n"), "a text file"),
+    "blank": (lambda p: p.write_text("  \n\n"), "a text file"),
     "png": (_png, "a PNG image"),
     "json": (lambda p: p.write_text(json.dumps({"encoder": [1, 2]})), "a JSON file;"),
     "config_json": (lambda p: p.write_text(json.dumps({"summary": {}})), r"a JSON file \(a config\? pass it as the config"),
@@ -117,6 +118,9 @@ def test_truncated_and_corrupt_checkpoints(tmp_path):
     legacy = tmp_path / "legacy.pt"
     torch.save({"encoder": {"w": torch.ones(3)}}, legacy, _use_new_zipfile_serialization=False)
     assert torch.equal(load_upstream_checkpoint(legacy)["encoder"]["w"], torch.ones(3))  # the legacy format is read
+    torch.save({"encoder": {"w": torch.ones(2)}}, tmp_path / "legacy4.pt", _use_new_zipfile_serialization=False, pickle_protocol=4)
+    with pytest.warns(UserWarning, match="pickle protocol 4"), pytest.raises(ValueError, match="pickle feature .*pickle protocol above 2"):
+        load_upstream_checkpoint(tmp_path / "legacy4.pt")  # recognised as legacy PyTorch, not called "a plain pickle"
     legacy.write_bytes(legacy.read_bytes()[:-20])
     with pytest.raises(ValueError, match="damaged PyTorch file"):
         load_upstream_checkpoint(legacy)

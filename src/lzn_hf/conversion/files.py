@@ -20,8 +20,9 @@ import torch
 
 __all__ = ["load_upstream_checkpoint", "describe_foreign_file"]
 
-#: Start of PyTorch's legacy (pre-1.6, non-zip) format: pickle protocol 2 and the LONG1 magic 0x1950a86a20f9469cfc6c.
-_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+#: PyTorch's legacy (pre-1.6, non-zip) format starts with a pickle (protocol opcode, maybe a frame) of this LONG1 magic
+#: number 0x1950a86a20f9469cfc6c.
+_LEGACY_TORCH_MAGIC = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 _MAGIC_BYTES = (  # (prefix, what the file looks like)
     (b"\x89PNG\r\n\x1a\n", "a PNG image"),
     (b"\xff\xd8\xff", "a JPEG image"),
@@ -74,7 +75,7 @@ def _text_kind(head: bytes) -> Optional[str]:
         return "a Git LFS pointer, not the file it points to (run `git lfs pull`, or download it with huggingface_hub.hf_hub_download)"
     if re.match(r"(?i)<(!doctype html|html|head|body)\b", stripped):
         return "an HTML page (a failed or redirected download?)"
-    if stripped[:1] in "{[":
+    if stripped[:1] and stripped[:1] in "{[":
         return "a JSON file" + (" (a config? pass it as the config, not as the checkpoint)" if '"summary"' in text or '"model_type"' in text else "")
     return "a text file"
 
@@ -86,7 +87,7 @@ def describe_foreign_file(path: Union[str, os.PathLike]) -> Optional[str]:
     size = os.path.getsize(path)
     with open(path, "rb") as handle:
         head = handle.read(64 * 1024)
-    if head.startswith(_LEGACY_TORCH_MAGIC):
+    if head[:1] == b"\x80" and _LEGACY_TORCH_MAGIC in head[:24]:
         return None
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         try:
@@ -155,7 +156,10 @@ def load_upstream_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     except pickle.UnpicklingError as error:
         reason = _unpickler_reason(error)
         if not reason.startswith("Unsupported global"):  # a broken pickle stream, not a refused object
-            raise ValueError(f"checkpoint {path!r} is a damaged PyTorch file (truncated or corrupt?): {reason}") from None
+            raise ValueError(
+                f"checkpoint {path!r} is a damaged PyTorch file (truncated or corrupt?), or uses a pickle feature that "
+                f"torch.load(weights_only=True) does not read (e.g. a pickle protocol above 2 in the legacy format): {reason}"
+            ) from None
         raise ValueError(
             f"checkpoint {path!r} holds Python objects other than tensors and plain containers ({reason}). lzn_hf "
             "reads upstream files with torch.load(weights_only=True) and never unpickles anything else; the released "
