@@ -81,7 +81,7 @@ def test_foreign_file_says_what_it_is(tmp_path, kind):
 
 
 def test_missing_empty_and_folder_paths(tmp_path):
-    with pytest.raises(FileNotFoundError, match="checkpoint: no file at"):
+    with pytest.raises(FileNotFoundError, match="checkpoint: no file at .*hf_hub_download"):
         load_upstream_checkpoint(tmp_path / "missing.pt")
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(ValueError, match=r"empty file \(0 bytes\)"):
@@ -195,6 +195,9 @@ def test_wrong_keys_shapes_and_values_are_listed(tiny_checkpoint):
         convert_original_checkpoint({**checkpoint, "decoder": [1, 2]}, "tiny-joint", use_ema=False)
     with pytest.raises(ValueError, match="label_anchor EMA entry should be a dict with a 'shadow_params' list"):
         convert_original_checkpoint({**checkpoint, "label_anchor_ema": {"decay": 0.9}}, "tiny-joint")
+    nan_anchor = {"model.module.anchor": checkpoint["label_anchor"]["model.module.anchor"].clone().index_fill_(0, torch.tensor([1]), float("nan"))}
+    with pytest.raises(ValueError, match=r"label_anchor state dict holds NaN or Inf values in 1: \[anchor\]"):
+        convert_original_checkpoint({**checkpoint, "label_anchor": nan_anchor}, "tiny-joint", use_ema=False)
     bad_shadow = {**checkpoint["label_anchor_ema"], "shadow_params": ["not a tensor"]}
     with pytest.raises(ValueError, match="holds values that are not tensors at positions 1: \\[0\\]"):
         convert_original_checkpoint({**checkpoint, "label_anchor_ema": bad_shadow}, "tiny-joint")

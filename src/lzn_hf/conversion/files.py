@@ -145,7 +145,10 @@ def load_upstream_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
         inside = f"; the .pt files in it: {checkpoints[:10]}" if checkpoints else ""
         raise IsADirectoryError(f"checkpoint {path!r} is a folder, not a checkpoint file{inside}")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint: no file at {path!r}")
+        raise FileNotFoundError(
+            f"checkpoint: no file at {path!r}; the released checkpoints are downloaded first, e.g. "
+            "huggingface_hub.hf_hub_download('microsoft/latent-zoning-networks', 'lzn1/case_study_3/000008000-000200000.pt')"
+        )
     if os.path.getsize(path) == 0:
         raise ValueError(f"checkpoint {path!r} is an empty file (0 bytes): an interrupted download?")
     foreign = describe_foreign_file(path)

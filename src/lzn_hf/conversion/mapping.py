@@ -117,7 +117,8 @@ def convert_state_dict(
         ignored: upstream keys accepted and dropped (buffers lzn_hf does not keep, e.g. the decoder's ``sigmas``).
 
     Raises:
-        ValueError: listing every missing key, unexpected key and shape mismatch at once.
+        ValueError: listing every missing key, unexpected key and shape mismatch at once; or the tensors holding NaN
+            or Inf values.
     """
     source = strip_upstream_prefix(_checked_state_dict(what, upstream_state_dict))
     target_shapes = {key: tuple(value.shape) for key, value in module.state_dict().items()}
@@ -142,6 +143,9 @@ def convert_state_dict(
             if keys
         ]
         raise ValueError(f"the upstream {what} state dict does not fit the model: " + "; ".join(problems))
+    nonfinite = [m.upstream_key for m in mappings if converted[m.local_key].is_floating_point() and not bool(torch.isfinite(converted[m.local_key]).all())]
+    if nonfinite:
+        raise ValueError(f"the upstream {what} state dict holds NaN or Inf values in {format_keys(nonfinite)}: a damaged file or a diverged run")
     return converted
 
 
