@@ -48,7 +48,7 @@ def network_key_mapping(network: nn.Module) -> Tuple[List[KeyMapping], Sequence[
 
 
 def _presets_with_encoder(encoder_type: str) -> List[str]:
-    return sorted(name for name, preset in LZN_PRESETS.items() if preset["image_encoder_config"].get("encoder_type", "ncsnpp") == encoder_type)
+    return sorted(name for name in LZN_PRESETS if LZNConfig.from_preset(name).image_encoder_config.encoder_type == encoder_type)
 
 
 def _check_parts(checkpoint: Mapping[str, Any], needed: Sequence[str], use_ema: bool) -> None:
