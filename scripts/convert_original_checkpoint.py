@@ -8,40 +8,43 @@
 `reference_config.json`. EMA weights by default (what the authors evaluate); `--no_ema` takes the raw ones.
 The file is read with `torch.load(weights_only=True)`. The model folder also gets an image processor, so
 `transformers.pipeline("image-feature-extraction", model=DIR)` works on it. `--pipeline` writes an
-`LZNPipeline` folder instead (generation checkpoints).
+`LZNPipeline` folder instead (generation checkpoints). The folder is written to a temporary sibling and renamed
+into place when complete; an existing model folder is replaced only with `--overwrite`.
 """
 
 import argparse
 
-from lzn_hf.conversion import convert_original_checkpoint
-from lzn_hf.image_processing_lzn import lzn_image_processor
+from lzn_hf.conversion import check_output_dir, convert_original_checkpoint, resolve_config, save_converted
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint_path", required=True, help="upstream .pt file")
     parser.add_argument("--config", required=True, help="preset name or reference_config.json")
     parser.add_argument("--output_dir", required=True, help="where to write the LZNModel folder")
     parser.add_argument("--no_ema", action="store_true", help="convert the raw weights instead of the EMA ones")
     parser.add_argument("--pipeline", action="store_true", help="write an LZNPipeline folder (generation checkpoints)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing model folder at --output_dir")
     parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="also upload the folder to this Hub repo")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    model = convert_original_checkpoint(args.checkpoint_path, args.config, use_ema=not args.no_ema)
-    if args.pipeline:
-        if model.image_decoder is None:
-            raise SystemExit("--pipeline needs a generation checkpoint (this config has no image decoder)")
-        from lzn_hf.pipeline_lzn import LZNPipeline
-
-        output = LZNPipeline(image_decoder=model.image_decoder, label_anchors=model.label_anchors)
-    else:
-        output = model
-        encoder = model.config.image_encoder_config
-        lzn_image_processor(encoder.image_size, encoder.num_channels).save_pretrained(args.output_dir)
-    output.save_pretrained(args.output_dir)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_output_dir(args.output_dir, args.overwrite)  # before the conversion, which can take minutes
+        config = resolve_config(args.config)
+        if args.pipeline and config.image_decoder_config is None:
+            raise ValueError("--pipeline needs a generation checkpoint: this config has no image decoder")
+        model = convert_original_checkpoint(args.checkpoint_path, config, use_ema=not args.no_ema)
+        output = save_converted(model, args.output_dir, pipeline=args.pipeline, overwrite=args.overwrite)
+    except (ValueError, OSError) as error:  # bad input: the message says what and how to proceed, no traceback
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     print(f"wrote {args.output_dir} ({model.num_parameters():,} parameters, {'raw' if args.no_ema else 'EMA'} weights)")
     if args.push_to_hub:
         output.push_to_hub(args.push_to_hub)

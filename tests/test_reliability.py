@@ -1,7 +1,8 @@
 """Reliability and security: bad files and checkpoints, property-based tests of the latent flow, safe loading.
 
 The bad-input rows of docs/reliability.md that concern tensors are tested where the API lives
-(test_latent_flow.py, test_modeling_lzn.py, test_pipelines.py); this file holds the rest.
+(test_latent_flow.py, test_modeling_lzn.py, test_pipelines.py), those of the converter in test_conversion_files.py;
+this file holds the rest.
 """
 
 import ast
@@ -14,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lzn_hf import LZNConfig, LZNForImageClassification, LZNModel
-from lzn_hf.conversion import convert_original_checkpoint, load_upstream_checkpoint
 from lzn_hf.latent_flow import anchor_posteriors, anchor_velocity, anchors_to_latents, latents_to_anchors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,43 +64,6 @@ def test_checkpoint_of_another_architecture_lists_keys(saved_tiny, tmp_path):
 def test_lenient_loading_is_opt_in(saved_tiny):
     classifier, info = LZNForImageClassification.from_pretrained(saved_tiny, output_loading_info=True)
     assert not info["missing_keys"] and isinstance(classifier, LZNForImageClassification)
-
-
-class NotATensor:
-    pass
-
-
-def test_upstream_checkpoint_with_objects_is_refused(tmp_path):
-    path = tmp_path / "evil.pt"
-    torch.save({"encoder": {}, "payload": NotATensor()}, path)
-    with pytest.raises(ValueError, match="refuses to unpickle"):
-        load_upstream_checkpoint(path)
-
-
-def test_upstream_checkpoint_errors(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        load_upstream_checkpoint(tmp_path / "missing.pt")
-    torch.save({"encoder": {"w": torch.zeros(1000)}}, tmp_path / "broken.pt")
-    data = (tmp_path / "broken.pt").read_bytes()
-    (tmp_path / "broken.pt").write_bytes(data[: len(data) // 2])  # truncated download
-    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
-        load_upstream_checkpoint(tmp_path / "broken.pt")
-    torch.save({"model": {}}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not an upstream LZN checkpoint"):
-        load_upstream_checkpoint(tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="no 'decoder' entry"):
-        convert_original_checkpoint({"encoder": {}, "encoder_ema": {}}, "tiny-joint")
-
-
-def test_upstream_checkpoint_with_wrong_keys_lists_them():
-    model = LZNModel(LZNConfig.from_preset("tiny-generation"))
-    from lzn_hf.convert_ncsnpp import encoder_state_dict_to_upstream
-
-    upstream = encoder_state_dict_to_upstream(model.image_encoder.network)
-    upstream.pop(next(iter(upstream)))
-    upstream["model.module.extra.weight"] = torch.zeros(1)
-    with pytest.raises(ValueError, match=r"missing.*extra\.weight|extra\.weight.*missing|unexpected"):
-        convert_original_checkpoint({"encoder": upstream, "decoder": {}}, "tiny-generation", use_ema=False)
 
 
 # ---------------------------------------------------------------------------------------------------------
