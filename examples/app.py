@@ -110,9 +110,9 @@ def build_app(demo: LZNDemo):
                         source = gr.Radio(["Upload", "Draw"], value="Upload", label="Image source")
                         upload = gr.Image(label="Upload an image", type="pil", sources=["upload", "clipboard"],
                                           image_mode=None, elem_id="classify-upload")
-                        drawing = gr.Sketchpad(label="Draw (light strokes on the dark canvas)", type="pil",
-                                               canvas_size=(280, 280), fixed_canvas=True, layers=False,
-                                               brush=gr.Brush(default_size=22, colors=["#ffffff"], default_color="#ffffff",
+                        drawing = gr.Sketchpad(label="Draw a digit, large (the strokes are read as light on dark)",
+                                               type="pil", canvas_size=(280, 280), fixed_canvas=True, layers=False,
+                                               brush=gr.Brush(default_size=22, colors=["#000000"], default_color="#000000",
                                                               color_mode="fixed"),
                                                image_mode="RGBA", visible=False, elem_id="classify-draw")
                         invert = gr.Checkbox(False, label="Invert colours (for dark digits on a light background)")

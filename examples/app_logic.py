@@ -240,6 +240,18 @@ def flatten_alpha(image: Image.Image) -> Image.Image:
     return image
 
 
+def drawing_ink(image: Image.Image) -> Image.Image:
+    """A drawing -> its strokes as light on black ("L"), whatever the brush colour: on a transparent canvas the
+    strokes are the opaque pixels; on an opaque one, whatever differs from the canvas colour (read at the border)."""
+    rgba = image.convert("RGBA")
+    alpha = rgba.getchannel("A")
+    if alpha.getextrema()[0] < 255:
+        return alpha
+    gray = np.asarray(rgba.convert("L"), dtype=np.float32)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    return Image.fromarray(np.abs(gray - np.median(border)).clip(0, 255).astype(np.uint8))
+
+
 def crop_to_content(image: Image.Image, margin: float = 0.15) -> Image.Image:
     """The square around the non-black pixels, with a margin (a drawing's strokes, centred). Raises
     DemoInputError for an empty drawing."""
@@ -257,12 +269,13 @@ def prepare_image(image, image_size: int, num_channels: int, invert: bool = Fals
     """Any image -> the model's input as a PIL image: `image_size` square, "L" or "RGB" for 1 or 3 channels.
 
     Transparency becomes black; `invert` turns dark-on-light images light-on-dark (the digits' polarity); a
-    drawing is cropped to its strokes first. No image raises DemoInputError.
+    drawing becomes light strokes on black (:func:`drawing_ink`), cropped to its strokes. No image raises
+    DemoInputError.
     """
     pil = as_pil(image)
     if pil is None:
         raise DemoInputError("no image: upload one or draw one first" if not is_drawing else "no drawing: draw something first")
-    pil = flatten_alpha(pil).convert("RGB")
+    pil = (drawing_ink(pil) if is_drawing else flatten_alpha(pil)).convert("RGB")
     if is_drawing:
         pil = crop_to_content(pil)
     if invert:

@@ -38,7 +38,7 @@ CHROMEDRIVER = os.environ.get("LZN_CHROMEDRIVER", "/usr/bin/chromedriver")
 # a closed network: no background traffic, no sandbox (root), no GPU; a fresh profile per run (--user-data-dir)
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1280,1000"]
+                  "--disable-dev-shm-usage", "--window-size=1280,1250"]
 
 
 def load_example(name: str):
@@ -207,11 +207,15 @@ def test_prepare_image_bad_inputs_get_clear_messages(tmp_path):
         logic.prepare_image(str(text), 8, 1)
 
 
-def test_drawing_is_cropped_to_its_strokes():
-    canvas = Image.new("RGBA", (200, 200), (0, 0, 0, 0))
-    canvas.paste((255, 255, 255, 255), (150, 20, 170, 80))  # a short bar in the top right corner
+@pytest.mark.parametrize("canvas, stroke", [
+    (Image.new("RGBA", (200, 200), (0, 0, 0, 0)), (0, 0, 0, 255)),  # a black brush on a transparent canvas
+    (Image.new("RGBA", (200, 200), (0, 0, 0, 0)), (255, 255, 255, 255)),  # a white one
+    (Image.new("RGB", (200, 200), "white"), (0, 0, 0)),  # dark ink on white paper
+])  # fmt: skip
+def test_drawing_becomes_light_strokes_on_black_cropped_to_them(canvas, stroke):
+    canvas.paste(stroke, (150, 20, 170, 80))  # a short bar in the top right corner
     prepared = np.asarray(logic.prepare_image({"composite": canvas}, 8, 1, is_drawing=True))
-    assert prepared[:, 3:5].mean() > 100 and prepared[:, :2].max() < 60  # centred, filling the height
+    assert prepared[:, 3:5].mean() > 100 and prepared[:, :2].max() < 60  # light, centred, filling the height
     assert prepared[1:7, 3:5].min() > 100
 
 
@@ -341,6 +345,8 @@ def free_port() -> int:
 def served_app(run_dir, tmp_path):
     """The app on a local port, serving the tiny model (or LZN_APP_MODEL's); yields (url, demo)."""
     reason = browser_requirements()
+    if reason and os.environ.get("LZN_REQUIRE_BROWSER"):  # .ci/run, once it has installed them
+        pytest.fail(f"browser test required (LZN_REQUIRE_BROWSER) but {reason}")
     if reason:
         pytest.skip(f"browser test: {reason}")
     app = load_example("app")
@@ -438,6 +444,7 @@ def test_app_in_headless_chromium(served_app, browser, tmp_path):
     browser.find_element(By.ID, "classify-button").click()
     wait_for(browser, lambda d: "no image: upload one or draw one first" in d.find_element(By.TAG_NAME, "body").text,
              "the no-image message")
+    browser.execute_script("document.querySelectorAll('.toast-close').forEach(button => button.click());")
     digit = tmp_path / "digit.png"
     digit_image(160).save(digit)
     browser.find_element(By.CSS_SELECTOR, "#classify-upload input[type='file']").send_keys(str(digit))
@@ -457,6 +464,26 @@ def test_app_in_headless_chromium(served_app, browser, tmp_path):
     caption = wait_for(browser, lambda d: d.find_element(By.ID, "zones-caption").text, "the zones caption")
     assert f"lies in zone {top}" in caption
     assert screenshot(browser, tmp_path, "zones").stat().st_size > 0
+
+    # Classify a drawing: pick the brush, draw a stroke, classify
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    open_tab(browser, "Classify")
+    next(e for e in browser.find_elements(By.CSS_SELECTOR, "label") if e.text.strip() == "Draw").click()
+    brush = wait_for(browser, lambda d: d.execute_script(
+        "return [...document.querySelectorAll('#classify-draw button')].find(b => /brush/i.test("
+        "(b.getAttribute('aria-label') || '') + (b.getAttribute('title') || '')));"), "the brush tool")
+    brush.click()
+    canvas = wait_for(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#classify-draw canvas"), "the sketchpad")
+    ActionChains(browser).move_to_element_with_offset(canvas, 0, -70).click_and_hold().move_by_offset(0, 35) \
+        .move_by_offset(0, 35).move_by_offset(0, 35).move_by_offset(0, 35).release().perform()
+    previous = browser.execute_script("return document.querySelector('#classify-preview img').src")
+    browser.find_element(By.ID, "classify-button").click()
+    wait_for(browser, lambda d: d.execute_script("const i = document.querySelector('#classify-preview img');"
+                                                 "return i && i.complete && i.naturalWidth > 0 && i.src != arguments[0];",
+                                                 previous), "the drawing's classification")
+    assert "draw something first" not in browser.find_element(By.TAG_NAME, "body").text
+    screenshot(browser, tmp_path, "draw")
 
     # offline: the page asked nothing of any host but the app's own
     hosts = set()
