@@ -32,9 +32,9 @@ SUBFOLDERS = ("model", "pipeline", "classifier")
 MAX_IMAGES_PER_CLASS = 8
 MAX_STEPS = 50
 GRID_CELL = 64  # generated images are upscaled (nearest) to about this many pixels
-ZONE_GRID = 120  # grid points per axis of the zone slice
-ZONE_SAMPLES = 4000  # N(0, I) samples that measure the zones' Gaussian mass
-ZONE_REVERSE_STEPS = 50  # reverse-flow steps of the zone picture (each grid point, each sample)
+ZONE_GRID = 100  # grid points per axis of the zone slice
+ZONE_SAMPLES = 3000  # N(0, I) samples that measure the zones' Gaussian mass
+ZONE_REVERSE_STEPS = 40  # reverse-flow steps of the zone picture (each grid point, each sample)
 
 
 class DemoInputError(ValueError):
