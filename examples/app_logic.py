@@ -455,18 +455,19 @@ def zones_figure(demo: LZNDemo, prepared: Optional[Image.Image] = None, grid: in
 # ----------------------------------------------------------------------------------------------------------
 # Space export
 # ----------------------------------------------------------------------------------------------------------
-SPACE_REQUIREMENTS = """\
-# lzn_hf's own requirements (its package is copied beside app.py) and the demo's
-torch>=2.1
-transformers>=4.46
-diffusers>=0.31
-safetensors>=0.4
-huggingface-hub>=0.25
-numpy
-pillow
-scipy>=1.10
-matplotlib>=3.7
-"""
+def space_requirements(gradio_version: str) -> str:
+    """requirements.txt of the Space: lzn_hf's own requirements, read from the installed lzn_hf's metadata (so
+    they follow setup.cfg), and what the app adds: gradio pinned to `gradio_version`, matplotlib."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        declared = requires("lzn_hf") or []
+    except PackageNotFoundError:
+        raise DemoInputError("--export_space needs lzn_hf installed (pip install -e \".[demo]\")") from None
+    lines = ["# lzn_hf's requirements (its package is copied beside app.py), then the app's"]
+    lines += [requirement for requirement in declared if ";" not in requirement]  # no extras
+    lines += [f"gradio=={gradio_version}", "matplotlib>=3.7"]
+    return "\n".join(lines) + "\n"
 
 
 def space_readme(title: str, model: str, gradio_version: str) -> str:
@@ -530,8 +531,7 @@ def export_space(out_dir, model: str, lzn_hf_dir, app_dir, gradio_version: str, 
         if local.is_dir():
             for name in SUBFOLDERS:
                 shutil.copytree(local / name, staging / space_model / name)
-        requirements = SPACE_REQUIREMENTS + f"gradio=={gradio_version}\n"
-        (staging / "requirements.txt").write_text(requirements, encoding="utf-8")
+        (staging / "requirements.txt").write_text(space_requirements(gradio_version), encoding="utf-8")
         (staging / "README.md").write_text(space_readme(title, model, gradio_version), encoding="utf-8")
         if out_dir.exists():
             out_dir.rmdir()
