@@ -1,6 +1,7 @@
-"""Shared test helpers: where the upstream parity fixtures live."""
+"""Shared test helpers: where the upstream parity fixtures live, a free local port."""
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -17,3 +18,10 @@ def parity_folder(name: str) -> Path:
             pytest.fail(f"parity fixtures missing in CI: {folder}")
         pytest.skip(f"parity fixtures not found at {folder}")
     return folder
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for `--main_process_port`, a local server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

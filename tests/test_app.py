@@ -13,7 +13,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from PIL import Image
 
 from lzn_hf import LZNConfig, LZNForImageClassification, LZNModel
 from lzn_hf.image_processing_lzn import lzn_image_processor
+from lzn_test_utils import free_port
 from lzn_hf.latent_flow import latents_to_anchors
 from lzn_hf.pipeline_lzn import LZNPipeline
 
@@ -333,12 +333,6 @@ def browser_requirements() -> str:
     if absent:
         return f"no {' / '.join(absent)} (apt-get install chromium chromium-driver)"
     return ""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,14 +24,9 @@ from safetensors.torch import load_file
 
 from lzn_hf import LZNForImageClassification, LZNModel
 from lzn_hf.training import load_digits, read_run_config
+from lzn_test_utils import free_port
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch(script, *args, tmp_path, num_processes=1, expect_success=True, env=None, nonfinite_updates=()):
