@@ -59,7 +59,10 @@ DEFAULT_CHUNK_SIZE = 4096
 # input checks and the dtype / device policy
 # ----------------------------------------------------------------------------------------------------------
 def _check_matrix(name: str, x: torch.Tensor, dim: Optional[int] = None, dim_of: Optional[str] = None) -> None:
-    """``x`` is a non-empty floating-point ``[rows, d]`` tensor (with ``d == dim``, the width of ``dim_of``)."""
+    """``x`` is a non-empty floating-point ``[rows, d]`` tensor (with ``d == dim``, the width of ``dim_of``).
+
+    Metadata only: the values are checked by :func:`_check_device_and_values` once the devices agree.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 2:
@@ -70,10 +73,10 @@ def _check_matrix(name: str, x: torch.Tensor, dim: Optional[int] = None, dim_of:
         raise ValueError(f"`{name}` is empty (shape {tuple(x.shape)})")
     if dim is not None and x.shape[1] != dim:
         raise ValueError(f"`{name}` has latent dimension {x.shape[1]}, expected {dim} (the width of `{dim_of}`)")
-    check_finite(name, x)
 
 
 def _check_weights(weights: Optional[torch.Tensor], num_anchors: int, anchors_name: str) -> None:
+    """One real weight per anchor (metadata; the values: :func:`_check_weight_values`)."""
     if weights is None:
         return
     if not isinstance(weights, torch.Tensor) or weights.ndim != 1 or weights.shape[0] != num_anchors:
@@ -81,10 +84,14 @@ def _check_weights(weights: Optional[torch.Tensor], num_anchors: int, anchors_na
         raise ValueError(f"`weights` must have shape [{num_anchors}] (one per anchor, a row of `{anchors_name}`), got {shape}")
     if weights.is_complex() or weights.dtype == torch.bool:
         raise TypeError(f"`weights` must be a real tensor, got dtype {weights.dtype}")
-    if is_tracing():
+
+
+def _check_weight_values(weights: Optional[torch.Tensor]) -> None:
+    """Non-negative, not all zero (eager only; NaN/Inf: :func:`_check_device_and_values`)."""
+    if weights is None or is_tracing():
         return
-    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
-        raise ValueError("`weights` must be finite and non-negative")
+    if bool((weights < 0).any()):
+        raise ValueError("`weights` must be non-negative")
     if not bool((weights > 0).any()):
         raise ValueError("`weights` are all zero: at least one anchor must carry mass")
 
@@ -107,8 +114,11 @@ def _check_time(t: float) -> float:
     return t
 
 
-def _check_device(**tensors: Optional[torch.Tensor]) -> torch.device:
-    """The one device of the given tensors (``None`` skipped); a mismatch names both arguments."""
+def _check_device_and_values(**tensors: Optional[torch.Tensor]) -> None:
+    """One device for all given tensors (``None`` skipped; a mismatch names both arguments), then no NaN/Inf.
+
+    The value checks run in eager mode only (skipped while compiling or exporting, see ``_checks``).
+    """
     named = [(name, x) for name, x in tensors.items() if x is not None]
     first_name, first = named[0]
     for name, x in named[1:]:
@@ -116,7 +126,8 @@ def _check_device(**tensors: Optional[torch.Tensor]) -> torch.device:
             raise ValueError(
                 f"`{name}` is on device {x.device} but `{first_name}` is on {first.device}; move them to one device"
             )
-    return first.device
+    for name, x in named:
+        check_finite(name, x)
 
 
 def _compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
@@ -221,7 +232,7 @@ def _anchor_logits(z: torch.Tensor, t: float, field: _Field) -> torch.Tensor:
     bias = norm_coefficient * field.sq_norms  # [N]
     if field.log_weights is not None:
         bias = bias + field.log_weights
-    return torch.addmm(bias, z, field.anchors.T, alpha=scale)
+    return torch.addmm(bias, z * scale, field.anchors.T)  # (a tensor product, not alpha=: a traced t stays symbolic)
 
 
 def _posterior_mean(z: torch.Tensor, t: float, field: _Field, chunk_size: int) -> torch.Tensor:
@@ -240,7 +251,7 @@ def _posterior_mean(z: torch.Tensor, t: float, field: _Field, chunk_size: int) -
         if field.keys is None:
             outputs.append(_anchor_logits(chunk, t, field).softmax(-1) @ field.anchors)  # [b, d]
             continue
-        columns = [chunk * scale, chunk.new_full((chunk.shape[0], 1), norm_coefficient)]
+        columns = [chunk * scale, torch.ones_like(chunk[:, :1]) * norm_coefficient]
         if field.log_weights is not None:
             columns.append(chunk.new_ones((chunk.shape[0], 1)))
         queries = torch.cat(columns, dim=-1)  # [b, d + k]
@@ -276,7 +287,8 @@ def _check_queries(latents, t, anchors, weights) -> float:
     _check_matrix("anchors", anchors)
     _check_matrix("latents", latents, anchors.shape[1], "anchors")
     _check_weights(weights, anchors.shape[0], "anchors")
-    _check_device(latents=latents, anchors=anchors, weights=weights)
+    _check_device_and_values(latents=latents, anchors=anchors, weights=weights)
+    _check_weight_values(weights)
     return _check_time(t)
 
 
@@ -426,7 +438,8 @@ def anchors_to_latents(
     reference_anchors = anchors if own_is_reference else reference_anchors
     _check_matrix("reference_anchors", reference_anchors, anchors.shape[1], "anchors")
     _check_weights(weights, reference_anchors.shape[0], "reference_anchors")
-    _check_device(anchors=anchors, noise=noise, reference_anchors=reference_anchors, weights=weights)
+    _check_device_and_values(anchors=anchors, noise=noise, reference_anchors=None if own_is_reference else reference_anchors, weights=weights)
+    _check_weight_values(weights)
     _check_steps(num_steps)
     eps = DEFAULT_EPS[solver] if eps is None else float(eps)
     if not (0.0 < eps < 1.0):
@@ -513,7 +526,8 @@ def latents_to_anchors(
     _check_matrix("anchors", anchors)
     _check_matrix("latents", latents, anchors.shape[1], "anchors")
     _check_weights(weights, anchors.shape[0], "anchors")
-    _check_device(latents=latents, anchors=anchors, weights=weights)
+    _check_device_and_values(latents=latents, anchors=anchors, weights=weights)
+    _check_weight_values(weights)
     _check_steps(num_steps)
     with _full_precision(anchors.device):
         dtype = _compute_dtype(latents, anchors, weights)
@@ -540,7 +554,7 @@ def nearest_anchor(points: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     """
     _check_matrix("anchors", anchors)
     _check_matrix("points", points, anchors.shape[1], "anchors")
-    _check_device(points=points, anchors=anchors)
+    _check_device_and_values(points=points, anchors=anchors)
     dtype = _compute_dtype(points, anchors)
     distances = torch.cdist(points.to(dtype), anchors.to(dtype), compute_mode="donot_use_mm_for_euclid_dist")  # [B, N]
     return distances.argmin(dim=-1)
