@@ -24,5 +24,8 @@ def is_tracing() -> bool:
 
 def check_finite(name: str, x: torch.Tensor) -> None:
     """Raise ``ValueError("`name` contains NaN or Inf")`` in eager mode; skipped while tracing."""
-    if not is_tracing() and not bool(torch.isfinite(x).all()):
+    if is_tracing() or x.numel() == 0:
+        return
+    extremes = torch.stack(torch.aminmax(x)) if x.is_floating_point() else None  # one pass; NaN propagates
+    if extremes is not None and not bool(torch.isfinite(extremes).all()):
         raise ValueError(f"`{name}` contains NaN or Inf")

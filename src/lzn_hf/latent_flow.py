@@ -19,6 +19,19 @@ Shapes: ``B`` queries, ``N`` anchors, ``d`` latent dimensions, ``S`` solver step
 A latent depends on the anchor set it is computed against (the *reference anchors*): the zones are a
 partition of R^d induced by all of them together. Every function takes that set explicitly.
 
+Precision: the expanded logits cancel catastrophically for anchors far from the origin (a common offset c of
+1e4 left nothing of float32's 24 bits). The path is translation equivariant — shifting every anchor by c
+shifts ``z_t`` by ``(1 - t) c`` and leaves the posteriors unchanged — so every function works in a centred
+frame: anchors ``a_j - c`` (an exact subtraction, see ``_reference_point``), queries ``z - (1 - t) c``
+(rounded once), the solver state kept in that frame and shifted back once at the end. The per-anchor
+terms ``||a_j - c||^2`` are computed once per call, not per solver step.
+
+Dtypes: computed in float32 whatever the inputs' dtype (float16 / bfloat16 included), in float64 when any
+input is float64, outside any autocast region; results come back in the dtype of the argument they belong
+to (``latents`` for velocities, posteriors and the reverse flow, ``anchors`` for the forward flow). All
+tensor arguments must share one device. Value checks run in eager mode only (``_checks.is_tracing``), so
+the flows compile with ``fullgraph=True`` and export with ``torch.export``.
+
 Pure functions, no module state; everything is differentiable with respect to latents and anchors.
 """
 
@@ -170,8 +183,7 @@ def _reference_point(anchors: torch.Tensor) -> torch.Tensor:
     Any fixed point gives the same flow in exact arithmetic (the path is translation equivariant), so ``c``
     carries no gradient and the gradients of the result are those of the uncentred formula.
     """
-    anchors = anchors.detach()
-    low, high = anchors.amin(0), anchors.amax(0)  # [d]
+    low, high = torch.aminmax(anchors.detach(), dim=0)  # [d]
     middle = 0.5 * low + 0.5 * high
     positive = (low > 0) & (high <= 4 * low)  # [high / 2, 2 low] is not empty
     negative = (high < 0) & (low >= 4 * high)  # [2 high, low / 2] is not empty
@@ -279,7 +291,7 @@ def _query_frame(latents, t, anchors, weights, fused: bool):
     dtype = _compute_dtype(latents, anchors, weights)
     reference = anchors.to(dtype)
     centre = _reference_point(reference)
-    field = _make_field(_minus(reference, centre), weights, fused)
+    field = _make_field(reference - centre, weights, fused)  # exact by the choice of c
     return _minus(latents.to(dtype), centre, 1.0 - t), field, centre  # z - (1 - t) c
 
 
@@ -452,8 +464,8 @@ def anchors_to_latents(
         reference = reference_anchors.to(dtype)
         centre = _reference_point(reference)
         fused = not (append_own_anchor or _needs_grad(anchors, noise, reference_anchors, weights))
-        field = _make_field(_minus(reference, centre), weights, fused)
-        own = field.anchors if own_is_reference else _minus(anchors.to(dtype), centre)  # [B, d]
+        field = _make_field(reference - centre, weights, fused)  # exact by the choice of c
+        own = field.anchors if own_is_reference else _minus(anchors.to(dtype), centre)  # [B, d], rounded once
         own_sq_norms = own.pow(2).sum(-1) if append_own_anchor else None  # [B]
 
         def posterior_mean(z, t):  # [B, d], centred
@@ -533,7 +545,7 @@ def latents_to_anchors(
         dtype = _compute_dtype(latents, anchors, weights)
         reference = anchors.to(dtype)
         centre = _reference_point(reference)
-        field = _make_field(_minus(reference, centre), weights, fused=False)
+        field = _make_field(reference - centre, weights, fused=False)  # exact by the choice of c
         h = 1.0 / num_steps
         z, records = latents.to(dtype), []  # at t = 1 the centred frame z - (1 - t) c is z itself
         for k in range(num_steps):
