@@ -162,14 +162,14 @@ def precision_errors(offset, num_anchors=256, dim=32, seed=0):
     generator = torch.Generator().manual_seed(seed)
     anchors = torch.randn(num_anchors, dim, generator=generator) + offset
     noise, latents = torch.randn(2, num_anchors, dim, generator=generator)
-    t = 1e-2
+    t = 0.5
     on_path = ((1 - t) * anchors.double() + t * noise.double()).float()
     cases = {
         "euler latents": lambda a, e, z, q: anchors_to_latents(a, e, solver="euler"),
         "dpm_solver++ latents": lambda a, e, z, q: anchors_to_latents(a, e),
         "reverse posteriors": lambda a, e, z, q: latents_to_anchors(z, a, num_steps=100)[1],
-        "velocity (t=0.01, rel.)": lambda a, e, z, q: anchor_velocity(q, t, a),
-        "posteriors (t=0.01)": lambda a, e, z, q: anchor_posteriors(q, t, a),
+        "velocity (t=0.5, rel.)": lambda a, e, z, q: anchor_velocity(q, t, a),
+        "posteriors (t=0.5)": lambda a, e, z, q: anchor_posteriors(q, t, a),
     }
     errors = {}
     for name, case in cases.items():

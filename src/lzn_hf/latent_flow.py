@@ -216,7 +216,7 @@ class _Field(NamedTuple):
     sq_norms: torch.Tensor  # [N] ||a_j - c||^2
     log_weights: Optional[torch.Tensor]  # [N] log pi_j (-inf for zero weights), None = uniform
     keys: Optional[torch.Tensor]  # [N, d + k] fused-kernel keys [a_j - c, ||a_j - c||^2 (, log pi_j)]; None with autograd
-    values: Optional[torch.Tensor]  # [N, d + k] a_j - c zero-padded to the keys' width
+    values: Optional[torch.Tensor]  # [N, d + k] the keys themselves: only the first d output columns are kept
 
 
 def _make_field(centred: torch.Tensor, weights: Optional[torch.Tensor], fused: bool) -> _Field:
@@ -226,7 +226,7 @@ def _make_field(centred: torch.Tensor, weights: Optional[torch.Tensor], fused: b
     if fused:
         columns = [centred, sq_norms[:, None]] + ([] if log_weights is None else [log_weights[:, None]])
         keys = torch.cat(columns, dim=-1)
-        values = F.pad(centred, (0, keys.shape[1] - centred.shape[1]))
+        values = keys  # the kernel's output columns past d (weighted sums of the extra columns) are discarded
     return _Field(centred, sq_norms, log_weights, keys, values)
 
 
@@ -253,8 +253,8 @@ def _posterior_mean(z: torch.Tensor, t: float, field: _Field, chunk_size: int) -
     With autograd (``field.keys is None``): matmul -> softmax -> matmul, which keeps the ``[b, N]``
     posterior for backward (exact gradients even where the posterior saturates at small t). Without: a fused
     attention kernel with O(b) memory; the per-anchor terms are extra key columns, their time coefficients
-    extra query columns (``[z (1-t)/t^2, -(1-t)^2/(2t^2), 1] . [a_j, ||a_j||^2, log pi_j]``), and the values
-    are zero-padded to the keys' width, as fused kernels require.
+    extra query columns (``[z (1-t)/t^2, -(1-t)^2/(2t^2), 1] . [a_j, ||a_j||^2, log pi_j]``); the keys serve
+    as values too (fused kernels want equal widths) and the output columns past ``d`` are dropped.
     """
     scale, norm_coefficient = _coefficients(t)
     outputs = []
