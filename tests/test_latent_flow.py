@@ -45,8 +45,8 @@ def reference_velocity(latents, t, anchors, weights=None):
 def materialised_velocity():
     """Run the flows with the materialised velocity in place of the fast path (same solver code, uniform weights)."""
 
-    def posterior_mean(latents, t, anchors, log_weights, chunk_size):
-        return materialised_posterior_mean(latents, t, anchors)[1]
+    def posterior_mean(latents, t, field, chunk_size):  # the flows' centred frame, as the fast path
+        return materialised_posterior_mean(latents, t, field.anchors)[1]
 
     fast = latent_flow._posterior_mean
     latent_flow._posterior_mean = posterior_mean

@@ -19,17 +19,33 @@ Shapes: ``B`` queries, ``N`` anchors, ``d`` latent dimensions, ``S`` solver step
 A latent depends on the anchor set it is computed against (the *reference anchors*): the zones are a
 partition of R^d induced by all of them together. Every function takes that set explicitly.
 
+Precision: the expanded logits cancel catastrophically for anchors far from the origin (a common offset c of
+1e4 left nothing of float32's 24 bits). The path is translation equivariant — shifting every anchor by c
+shifts ``z_t`` by ``(1 - t) c`` and leaves the posteriors unchanged — so every function works in a centred
+frame: anchors ``a_j - c`` (an exact subtraction, see ``_reference_point``), queries ``z - (1 - t) c``
+(rounded once), the solver state kept in that frame and shifted back once at the end. The per-anchor
+terms ``||a_j - c||^2`` are computed once per call, not per solver step.
+
+Dtypes: computed in float32 whatever the inputs' dtype (float16 / bfloat16 included), in float64 when any
+input is float64, outside any autocast region; results come back in the dtype of the argument they belong
+to (``latents`` for velocities, posteriors and the reverse flow, ``anchors`` for the forward flow). All
+tensor arguments must share one device. Value checks run in eager mode only (``_checks.is_tracing``), so
+the flows compile with ``fullgraph=True`` and export with ``torch.export``.
+
 Pure functions, no module state; everything is differentiable with respect to latents and anchors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from ._checks import check_finite, is_tracing
 
 __all__ = [
     "SOLVERS",
@@ -53,9 +69,13 @@ DEFAULT_CHUNK_SIZE = 4096
 
 
 # ----------------------------------------------------------------------------------------------------------
-# input checks
+# input checks and the dtype / device policy
 # ----------------------------------------------------------------------------------------------------------
-def _check_matrix(name: str, x: torch.Tensor, dim: Optional[int] = None) -> None:
+def _check_matrix(name: str, x: torch.Tensor, dim: Optional[int] = None, dim_of: Optional[str] = None) -> None:
+    """``x`` is a non-empty floating-point ``[rows, d]`` tensor (with ``d == dim``, the width of ``dim_of``).
+
+    Metadata only: the values are checked by :func:`_check_device_and_values` once the devices agree.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 2:
@@ -65,20 +85,27 @@ def _check_matrix(name: str, x: torch.Tensor, dim: Optional[int] = None) -> None
     if x.shape[0] == 0:
         raise ValueError(f"`{name}` is empty (shape {tuple(x.shape)})")
     if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"`{name}` has latent dimension {x.shape[1]}, expected {dim}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"`{name}` contains NaN or Inf")
+        raise ValueError(f"`{name}` has latent dimension {x.shape[1]}, expected {dim} (the width of `{dim_of}`)")
 
 
-def _check_weights(weights: Optional[torch.Tensor], num_anchors: int) -> None:
+def _check_weights(weights: Optional[torch.Tensor], num_anchors: int, anchors_name: str) -> None:
+    """One real weight per anchor (metadata; the values: :func:`_check_weight_values`)."""
     if weights is None:
         return
     if not isinstance(weights, torch.Tensor) or weights.ndim != 1 or weights.shape[0] != num_anchors:
         shape = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
-        raise ValueError(f"`weights` must have shape [{num_anchors}] (one per anchor), got {shape}")
-    if not torch.isfinite(weights).all() or (weights < 0).any():
-        raise ValueError("`weights` must be finite and non-negative")
-    if not (weights > 0).any():
+        raise ValueError(f"`weights` must have shape [{num_anchors}] (one per anchor, a row of `{anchors_name}`), got {shape}")
+    if weights.is_complex() or weights.dtype == torch.bool:
+        raise TypeError(f"`weights` must be a real tensor, got dtype {weights.dtype}")
+
+
+def _check_weight_values(weights: Optional[torch.Tensor]) -> None:
+    """Non-negative, not all zero (eager only; NaN/Inf: :func:`_check_device_and_values`)."""
+    if weights is None or is_tracing():
+        return
+    if bool((weights < 0).any()):
+        raise ValueError("`weights` must be non-negative")
+    if not bool((weights > 0).any()):
         raise ValueError("`weights` are all zero: at least one anchor must carry mass")
 
 
@@ -88,70 +115,193 @@ def _check_steps(num_steps: int) -> None:
 
 
 def _check_time(t: float) -> float:
-    t = float(t)
+    """t as a Python number (a traced float stays symbolic: compiled callers do not recompile per time)."""
+    if isinstance(t, torch.Tensor):
+        if t.numel() != 1:
+            raise ValueError(f"flow time t must be a number or a one-element tensor, got shape {tuple(t.shape)}")
+        t = float(t)
+    elif isinstance(t, bool) or not isinstance(t, (int, float, torch.SymInt, torch.SymFloat)):
+        raise TypeError(f"flow time t must be a number, got {type(t).__name__}")
     if not (0.0 < t <= 1.0):
         raise ValueError(f"flow time t must be in (0, 1], got {t}")
     return t
 
 
+def _check_device_and_values(**tensors: Optional[torch.Tensor]) -> None:
+    """One device for all given tensors (``None`` skipped; a mismatch names both arguments), then no NaN/Inf.
+
+    The value checks run in eager mode only (skipped while compiling or exporting, see ``_checks``).
+    """
+    named = [(name, x) for name, x in tensors.items() if x is not None]
+    first_name, first = named[0]
+    for name, x in named[1:]:
+        if x.device != first.device:
+            raise ValueError(
+                f"`{name}` is on device {x.device} but `{first_name}` is on {first.device}; move them to one device"
+            )
+    for name, x in named:
+        check_finite(name, x)
+
+
+def _compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
+    """The flows' dtype policy: float64 when any input is float64, float32 otherwise (half inputs included)."""
+    return torch.float64 if any(x is not None and x.dtype == torch.float64 for x in tensors) else torch.float32
+
+
+def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
+
+
+def _full_precision(device: torch.device):
+    """Leave autocast (a bf16/fp16 region around the call) so that the flows' matmuls stay float32."""
+    if device.type in ("cpu", "cuda", "xpu", "mps") and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _to_caller(x: torch.Tensor, dtype: torch.dtype, saturate: bool = False) -> torch.Tensor:
+    """Cast a result to the caller's dtype; ``saturate`` clamps finite values beyond its range (log posteriors)."""
+    if x.dtype == dtype:
+        return x
+    if saturate and torch.finfo(dtype).max < torch.finfo(x.dtype).max:
+        x = torch.where(torch.isinf(x), x, x.clamp(torch.finfo(dtype).min, torch.finfo(dtype).max))
+    return x.to(dtype)
+
+
 # ----------------------------------------------------------------------------------------------------------
-# the velocity field
+# the centred frame
 # ----------------------------------------------------------------------------------------------------------
-def _log_weights(weights: Optional[torch.Tensor], like: torch.Tensor) -> Optional[torch.Tensor]:
-    """log pi as a [N] tensor (-inf for zero weights), or None for uniform weights."""
-    if weights is None:
-        return None
-    return weights.to(like.dtype).log()
+def _reference_point(anchors: torch.Tensor) -> torch.Tensor:
+    """The origin ``c`` of the centred frame, ``[d]``: a common offset of the anchors, removed exactly.
+
+    Per coordinate, ``c`` lies within a factor 2 of every anchor's value when one such value exists (all
+    anchors of one sign, spanning less than a factor 4): then every ``a_j - c`` is exact in floating point
+    (Sterbenz), so the centred anchors are the anchors, only without their offset. Otherwise ``c = 0``: the
+    values straddle zero or spread over more than a factor 4, so the offset is at most 4/3 of the spread and
+    there is nothing to gain (ordinary anchors keep exactly their uncentred arithmetic).
+
+    Any fixed point gives the same flow in exact arithmetic (the path is translation equivariant), so ``c``
+    carries no gradient and the gradients of the result are those of the uncentred formula.
+    """
+    low, high = torch.aminmax(anchors.detach(), dim=0)  # [d]
+    middle = 0.5 * low + 0.5 * high
+    positive = (low > 0) & (high <= 4 * low)  # [high / 2, 2 low] is not empty
+    negative = (high < 0) & (low >= 4 * high)  # [2 high, low / 2] is not empty
+    centre = torch.where(positive, torch.minimum(torch.maximum(middle, 0.5 * high), 2 * low), torch.zeros_like(middle))
+    return torch.where(negative, torch.minimum(torch.maximum(middle, 2 * high), 0.5 * low), centre)
 
 
-def _logit_bias(anchors: torch.Tensor, t: float, log_weights: Optional[torch.Tensor]) -> torch.Tensor:
-    """Per-anchor part of the logits: ``log pi_j - (1-t)^2 ||a_j||^2 / (2 t^2)``, ``[N]``."""
-    bias = -0.5 * ((1.0 - t) / t) ** 2 * anchors.pow(2).sum(-1)  # [N]
-    return bias if log_weights is None else bias + log_weights
+def _minus(x: torch.Tensor, centre: torch.Tensor, factor: float = 1.0) -> torch.Tensor:
+    """``x - factor * centre``, rounded once (in float64 when computing in float32).
+
+    For a query on the path at a large common offset, ``x`` and ``factor * centre`` agree in most leading
+    digits: a float32 product ``factor * centre`` would already carry an error of ``ulp(c)``, as large as
+    the whole centred value. float64 keeps the difference exact up to its final rounding; it is O(B d)
+    elementwise work (none on MPS, which has no float64: there the product is rounded in float32).
+    """
+    if factor == 0.0:
+        return x
+    if x.dtype == torch.float32 and x.device.type != "mps":
+        return (x.double() - factor * centre.double()).float()
+    return x - factor * centre
 
 
-def _anchor_logits(latents: torch.Tensor, t: float, anchors: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+class _Field(NamedTuple):
+    """The reference anchors in the centred frame, with the per-anchor terms every evaluation reuses.
+
+    Built once per call: ``||a_j - c||^2`` (and the fused kernel's keys) are not recomputed per solver step.
+    """
+
+    anchors: torch.Tensor  # [N, d] a_j - c
+    sq_norms: torch.Tensor  # [N] ||a_j - c||^2
+    log_weights: Optional[torch.Tensor]  # [N] log pi_j (-inf for zero weights), None = uniform
+    keys: Optional[torch.Tensor]  # [N, d + k] fused-kernel keys [a_j - c, ||a_j - c||^2 (, log pi_j)]; None with autograd
+    values: Optional[torch.Tensor]  # [N, d + k] the keys themselves: only the first d output columns are kept
+
+
+def _make_field(centred: torch.Tensor, weights: Optional[torch.Tensor], fused: bool) -> _Field:
+    sq_norms = centred.pow(2).sum(-1)  # [N]
+    log_weights = None if weights is None else weights.to(centred.dtype).log()
+    keys = values = None
+    if fused:
+        columns = [centred, sq_norms[:, None]] + ([] if log_weights is None else [log_weights[:, None]])
+        keys = torch.cat(columns, dim=-1)
+        values = keys  # the kernel's output columns past d (weighted sums of the extra columns) are discarded
+    return _Field(centred, sq_norms, log_weights, keys, values)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the velocity field (all in the centred frame)
+# ----------------------------------------------------------------------------------------------------------
+def _coefficients(t: float):
+    """Logit coefficients at time t: ``(1-t)/t^2`` on ``z . a_j`` and ``-(1-t)^2 / (2 t^2)`` on ``||a_j||^2``."""
+    return (1.0 - t) / t**2, -0.5 * ((1.0 - t) / t) ** 2
+
+
+def _anchor_logits(z: torch.Tensor, t: float, field: _Field) -> torch.Tensor:
     """Logits of the posterior over anchors, up to a per-query constant: ``[B, N]`` (one matmul)."""
-    return torch.addmm(bias, latents, anchors.T, alpha=(1.0 - t) / t**2)
+    scale, norm_coefficient = _coefficients(t)
+    bias = norm_coefficient * field.sq_norms  # [N]
+    if field.log_weights is not None:
+        bias = bias + field.log_weights
+    return torch.addmm(bias, z * scale, field.anchors.T)  # (a tensor product, not alpha=: a traced t stays symbolic)
 
 
-def _posterior_mean(latents, t: float, anchors, log_weights: Optional[torch.Tensor], chunk_size: int):
+def _posterior_mean(z: torch.Tensor, t: float, field: _Field, chunk_size: int) -> torch.Tensor:
     """sum_j w_j(z, t) a_j for every query: ``[B, d]``, over query chunks.
 
-    With autograd: matmul -> softmax -> matmul, which keeps the ``[b, N]`` posterior for backward (exact
-    gradients even where the posterior saturates at small t). Without: a fused attention kernel with O(b)
-    memory, the logit bias folded in as an extra key column (``[z (1-t)/t^2, 1] . [a_j, bias_j]``) and the
-    values zero-padded to the same width, as fused kernels require.
+    With autograd (``field.keys is None``): matmul -> softmax -> matmul, which keeps the ``[b, N]``
+    posterior for backward (exact gradients even where the posterior saturates at small t). Without: a fused
+    attention kernel with O(b) memory; the per-anchor terms are extra key columns, their time coefficients
+    extra query columns (``[z (1-t)/t^2, -(1-t)^2/(2t^2), 1] . [a_j, ||a_j||^2, log pi_j]``); the keys serve
+    as values too (fused kernels want equal widths) and the output columns past ``d`` are dropped.
     """
-    bias = _logit_bias(anchors, t, log_weights)  # [N]
-    differentiable = torch.is_grad_enabled() and (latents.requires_grad or anchors.requires_grad)
-    if not differentiable:
-        keys = torch.cat([anchors, bias[:, None]], dim=-1)[None, None]  # [1, 1, N, d + 1]
-        values = F.pad(anchors, (0, 1))[None, None]  # [1, 1, N, d + 1]
+    scale, norm_coefficient = _coefficients(t)
     outputs = []
-    for start in range(0, latents.shape[0], chunk_size):
-        chunk = latents[start : start + chunk_size]  # [b, d]
-        if differentiable:
-            outputs.append(_anchor_logits(chunk, t, anchors, bias).softmax(-1) @ anchors)  # [b, d]
-        else:
-            queries = torch.cat([chunk * ((1.0 - t) / t**2), torch.ones_like(chunk[:, :1])], dim=-1)  # [b, d + 1]
-            mean = F.scaled_dot_product_attention(queries[None, None], keys, values, scale=1.0)
-            outputs.append(mean[0, 0, :, :-1])  # [b, d]
+    for start in range(0, z.shape[0], chunk_size):
+        chunk = z[start : start + chunk_size]  # [b, d]
+        if field.keys is None:
+            outputs.append(_anchor_logits(chunk, t, field).softmax(-1) @ field.anchors)  # [b, d]
+            continue
+        columns = [chunk * scale, torch.ones_like(chunk[:, :1]) * norm_coefficient]
+        if field.log_weights is not None:
+            columns.append(chunk.new_ones((chunk.shape[0], 1)))
+        queries = torch.cat(columns, dim=-1)  # [b, d + k]
+        mean = F.scaled_dot_product_attention(queries[None, None], field.keys[None, None], field.values[None, None], scale=1.0)
+        outputs.append(mean[0, 0, :, : chunk.shape[1]])  # [b, d]
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
-def _posterior_mean_with_own(latents, t: float, anchors, own_anchors, chunk_size: int):
-    """Like :func:`_posterior_mean`, but query i's anchor set is ``anchors`` plus its own anchor ``own_anchors[i]``."""
-    bias = _logit_bias(anchors, t, None)  # [N]
-    scale = (1.0 - t) / t**2
+def _posterior_mean_with_own(z, t: float, field: _Field, own, own_sq_norms, chunk_size: int):
+    """Like :func:`_posterior_mean`, but query i's anchor set is the field plus its own anchor ``own[i]``."""
+    scale, norm_coefficient = _coefficients(t)
     outputs = []
-    for start in range(0, latents.shape[0], chunk_size):
-        chunk, own = latents[start : start + chunk_size], own_anchors[start : start + chunk_size]  # [b, d]
-        own_logit = scale * (chunk * own).sum(-1) - 0.5 * ((1.0 - t) / t) ** 2 * own.pow(2).sum(-1)  # [b]
-        logits = torch.cat([_anchor_logits(chunk, t, anchors, bias), own_logit[:, None]], dim=-1)  # [b, N + 1]
+    for start in range(0, z.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        chunk, own_chunk = z[rows], own[rows]  # [b, d]
+        own_logit = scale * (chunk * own_chunk).sum(-1) + norm_coefficient * own_sq_norms[rows]  # [b]
+        logits = torch.cat([_anchor_logits(chunk, t, field), own_logit[:, None]], dim=-1)  # [b, N + 1]
         posteriors = logits.softmax(-1)
-        outputs.append(posteriors[:, :-1] @ anchors + posteriors[:, -1:] * own)  # [b, d]
+        outputs.append(posteriors[:, :-1] @ field.anchors + posteriors[:, -1:] * own_chunk)  # [b, d]
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+def _query_frame(latents, t, anchors, weights, fused: bool):
+    """Shared set-up of the single-evaluation functions: (centred queries, field, centre) in the compute dtype."""
+    dtype = _compute_dtype(latents, anchors, weights)
+    reference = anchors.to(dtype)
+    centre = _reference_point(reference)
+    field = _make_field(reference - centre, weights, fused)  # exact by the choice of c
+    return _minus(latents.to(dtype), centre, 1.0 - t), field, centre  # z - (1 - t) c
+
+
+def _check_queries(latents, t, anchors, weights) -> float:
+    _check_matrix("anchors", anchors)
+    _check_matrix("latents", latents, anchors.shape[1], "anchors")
+    _check_weights(weights, anchors.shape[0], "anchors")
+    _check_device_and_values(latents=latents, anchors=anchors, weights=weights)
+    _check_weight_values(weights)
+    return _check_time(t)
 
 
 def anchor_velocity(
@@ -165,20 +315,21 @@ def anchor_velocity(
 
     Args:
         latents: ``[B, d]`` query points z.
-        t: flow time in (0, 1] (a float or 0-d tensor; 0 = anchors, 1 = Gaussian).
+        t: flow time in (0, 1] (a Python float, or a 0-d tensor in eager mode; 0 = anchors, 1 = Gaussian).
         anchors: ``[N, d]`` reference anchors.
         weights: optional ``[N]`` non-negative anchor weights pi (upstream's class weights); a zero weight
             means that anchor never receives mass. ``None`` = uniform.
         chunk_size: queries evaluated at once.
 
     Returns:
-        ``[B, d]`` velocity ``(z - sum_j w_j a_j) / t``.
+        ``[B, d]`` velocity ``(z - sum_j w_j a_j) / t``, in the dtype of ``latents`` (computed in float32,
+        or float64 when an input is float64).
     """
-    _check_matrix("anchors", anchors)
-    _check_matrix("latents", latents, anchors.shape[1])
-    _check_weights(weights, anchors.shape[0])
-    t = _check_time(t)
-    return (latents - _posterior_mean(latents, t, anchors, _log_weights(weights, anchors), chunk_size)) / t
+    t = _check_queries(latents, t, anchors, weights)
+    with _full_precision(anchors.device):
+        z, field, centre = _query_frame(latents, t, anchors, weights, fused=not _needs_grad(latents, anchors, weights))
+        velocity = (z - _posterior_mean(z, t, field, chunk_size)) / t - centre  # the frame shift's velocity is -c
+    return _to_caller(velocity, latents.dtype)
 
 
 def anchor_posteriors(
@@ -187,13 +338,12 @@ def anchor_posteriors(
     anchors: torch.Tensor,
     weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """The normalised posterior p_t(j | z) over anchors: ``[B, N]``, rows sum to 1."""
-    _check_matrix("anchors", anchors)
-    _check_matrix("latents", latents, anchors.shape[1])
-    _check_weights(weights, anchors.shape[0])
-    t = _check_time(t)
-    bias = _logit_bias(anchors, t, _log_weights(weights, anchors))
-    return _anchor_logits(latents, t, anchors, bias).softmax(-1)  # [B, N]
+    """The normalised posterior p_t(j | z) over anchors: ``[B, N]``, rows sum to 1, in the dtype of ``latents``."""
+    t = _check_queries(latents, t, anchors, weights)
+    with _full_precision(anchors.device):
+        z, field, _ = _query_frame(latents, t, anchors, weights, fused=False)
+        posteriors = _anchor_logits(z, t, field).softmax(-1)  # [B, N]
+    return _to_caller(posteriors, latents.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -223,7 +373,9 @@ def _lambda(t: float) -> float:
 def _dpm_solver_pp_update(z, t_next, history, order):
     """One multistep DPM-Solver++ (data prediction) update in the schedule alpha_t = 1 - t, sigma_t = t.
 
-    ``history`` holds the last ``order`` pairs ``(t_j, posterior-mean anchor at t_j)``, newest last.
+    ``history`` holds the last ``order`` pairs ``(t_j, posterior-mean anchor at t_j)``, newest last. The
+    update is exactly equivariant under the centred frame (z -> z - (1-t) c, means -> means - c): the
+    coefficients of the data predictions sum to ``alpha_next``.
     """
     t0, m0 = history[-1]
     h = _lambda(t_next) - _lambda(t0)
@@ -285,61 +437,78 @@ def anchors_to_latents(
             batch-independent mode: a fixed bank of reference anchors, completed by the query itself).
 
     Returns:
-        ``[B, d]`` latents.
+        ``[B, d]`` latents in the dtype of ``anchors`` (computed in float32, or float64 when an input is
+        float64).
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
     _check_matrix("anchors", anchors)
-    _check_matrix("noise", noise, anchors.shape[1])
+    _check_matrix("noise", noise, anchors.shape[1], "anchors")
     if noise.shape[0] != anchors.shape[0]:
         raise ValueError(f"`noise` has {noise.shape[0]} rows but `anchors` has {anchors.shape[0]}")
-    reference_anchors = anchors if reference_anchors is None else reference_anchors
-    _check_matrix("reference_anchors", reference_anchors, anchors.shape[1])
-    _check_weights(weights, reference_anchors.shape[0])
+    own_is_reference = reference_anchors is None
+    reference_anchors = anchors if own_is_reference else reference_anchors
+    _check_matrix("reference_anchors", reference_anchors, anchors.shape[1], "anchors")
+    _check_weights(weights, reference_anchors.shape[0], "reference_anchors")
+    _check_device_and_values(anchors=anchors, noise=noise, reference_anchors=None if own_is_reference else reference_anchors, weights=weights)
+    _check_weight_values(weights)
     _check_steps(num_steps)
     eps = DEFAULT_EPS[solver] if eps is None else float(eps)
     if not (0.0 < eps < 1.0):
         raise ValueError(f"`eps` must be in (0, 1), got {eps}")
-    log_weights = _log_weights(weights, reference_anchors)
     if append_own_anchor and weights is not None:
         raise ValueError("`append_own_anchor` supports uniform weights only")
 
-    def posterior_mean(z, t):  # [B, d]
-        if append_own_anchor:
-            return _posterior_mean_with_own(z, t, reference_anchors, anchors, chunk_size)
-        return _posterior_mean(z, t, reference_anchors, log_weights, chunk_size)
+    with _full_precision(anchors.device):
+        dtype = _compute_dtype(anchors, noise, reference_anchors, weights)
+        reference = reference_anchors.to(dtype)
+        centre = _reference_point(reference)
+        fused = not (append_own_anchor or _needs_grad(anchors, noise, reference_anchors, weights))
+        field = _make_field(reference - centre, weights, fused)  # exact by the choice of c
+        own = field.anchors if own_is_reference else _minus(anchors.to(dtype), centre)  # [B, d], rounded once
+        own_sq_norms = own.pow(2).sum(-1) if append_own_anchor else None  # [B]
 
-    z = eps * noise + (1.0 - eps) * anchors  # [B, d]
-    if solver == "euler":
-        h = (1.0 - eps) / num_steps
-        for k in range(num_steps):
-            t = eps + k * h
-            mean = _maybe_checkpoint(posterior_mean, gradient_checkpointing, z, t)
-            z = z + (h / t) * (z - mean)
-        return z
+        def posterior_mean(z, t):  # [B, d], centred
+            if append_own_anchor:
+                return _posterior_mean_with_own(z, t, field, own, own_sq_norms, chunk_size)
+            return _posterior_mean(z, t, field, chunk_size)
 
-    grid = dpm_solver_time_grid(num_steps)
-    history = [(grid[0], _maybe_checkpoint(posterior_mean, gradient_checkpointing, z, grid[0]))]
-    for step, order in enumerate(_dpm_solver_orders(num_steps), start=1):
-        z = _dpm_solver_pp_update(z, grid[step], history, order)
-        if step < num_steps:
-            history = history[-(DPM_ORDER - 1) :] + [
-                (grid[step], _maybe_checkpoint(posterior_mean, gradient_checkpointing, z, grid[step]))
-            ]
-    return z
+        # The whole solve runs in the centred frame z' = z - (1 - t) c, where latents and means stay at the
+        # scale of the anchors' spread, whatever their common offset.
+        z = eps * noise.to(dtype) + (1.0 - eps) * own  # [B, d]
+        if solver == "euler":
+            h = (1.0 - eps) / num_steps
+            for k in range(num_steps):
+                t = eps + k * h
+                mean = _maybe_checkpoint(posterior_mean, gradient_checkpointing, z, t)
+                z = z + (h / t) * (z - mean)
+            t_end = 1.0
+        else:
+            grid = dpm_solver_time_grid(num_steps)
+            history = [(grid[0], _maybe_checkpoint(posterior_mean, gradient_checkpointing, z, grid[0]))]
+            for step, order in enumerate(_dpm_solver_orders(num_steps), start=1):
+                z = _dpm_solver_pp_update(z, grid[step], history, order)
+                if step < num_steps:
+                    history = history[-(DPM_ORDER - 1) :] + [
+                        (grid[step], _maybe_checkpoint(posterior_mean, gradient_checkpointing, z, grid[step]))
+                    ]
+            t_end = grid[-1]
+        if t_end < 1.0:
+            z = z + (1.0 - t_end) * centre
+    return _to_caller(z, anchors.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # reverse flow: latents -> anchors
 # ----------------------------------------------------------------------------------------------------------
-def _posterior_step(z, t, anchors, log_weights, log_posteriors):
-    """Posterior [B, N] (or its log) and posterior-mean anchor [B, d] at time t (the posterior is kept)."""
-    logits = _anchor_logits(z, t, anchors, _logit_bias(anchors, t, log_weights))  # [B, N]
+def _posterior_step(z, t, field, log_posteriors):
+    """Posterior [B, N] (or its log) and centred posterior-mean anchor [B, d] at time t (the posterior is kept)."""
+    logits = _anchor_logits(z, t, field)  # [B, N]
     if log_posteriors:
         record = logits.log_softmax(-1)
-        return record, record.exp() @ anchors
+        return record, record.exp() @ field.anchors
     posteriors = logits.softmax(-1)
-    return posteriors, posteriors @ anchors
+    return posteriors, posteriors @ field.anchors
 
 
 def latents_to_anchors(
@@ -357,35 +526,49 @@ def latents_to_anchors(
         anchors: ``[N, d]`` the anchor set (e.g. label anchors, or the other view's anchors).
         num_steps: Euler steps S.
         weights: optional ``[N]`` anchor weights pi (class weights).
-        log_posteriors: record log posteriors (log-softmax: finite where the posterior underflows to 0).
+        log_posteriors: record log posteriors (log-softmax: finite where the posterior underflows to 0;
+            in float16 output, values below float16's range saturate at its minimum).
 
     Returns:
-        ``(points [B, d], posteriors [S, B, N])`` where ``points`` is the end point (close to one anchor)
-        and ``posteriors[k]`` is the normalised posterior p_t(j | z_k) recorded at the pre-step time
+        ``(points [B, d], posteriors [S, B, N])``, both in the dtype of ``latents`` (computed in float32, or
+        float64 when an input is float64), where ``points`` is the end point (close to one anchor) and
+        ``posteriors[k]`` is the normalised posterior p_t(j | z_k) recorded at the pre-step time
         ``t_k = 1 - k / S`` (so ``posteriors[0]`` equals the normalised weights).
     """
     _check_matrix("anchors", anchors)
-    _check_matrix("latents", latents, anchors.shape[1])
-    _check_weights(weights, anchors.shape[0])
+    _check_matrix("latents", latents, anchors.shape[1], "anchors")
+    _check_weights(weights, anchors.shape[0], "anchors")
+    _check_device_and_values(latents=latents, anchors=anchors, weights=weights)
+    _check_weight_values(weights)
     _check_steps(num_steps)
-    log_weights = _log_weights(weights, anchors)
-    h = 1.0 / num_steps
-    z, records = latents, []
-    for k in range(num_steps):
-        t = 1.0 - k * h
-        posteriors, mean = _maybe_checkpoint(
-            _posterior_step, gradient_checkpointing, z, t, anchors, log_weights, log_posteriors
-        )
-        records.append(posteriors)
-        z = z - (h / t) * (z - mean)
-    return z, torch.stack(records)
+    with _full_precision(anchors.device):
+        dtype = _compute_dtype(latents, anchors, weights)
+        reference = anchors.to(dtype)
+        centre = _reference_point(reference)
+        field = _make_field(reference - centre, weights, fused=False)  # exact by the choice of c
+        h = 1.0 / num_steps
+        z, records = latents.to(dtype), []  # at t = 1 the centred frame z - (1 - t) c is z itself
+        for k in range(num_steps):
+            t = 1.0 - k * h
+            posteriors, mean = _maybe_checkpoint(_posterior_step, gradient_checkpointing, z, t, field, log_posteriors)
+            records.append(posteriors)
+            z = z - (h / t) * (z - mean)
+        points = z + centre  # the end time 1 - S h = 0: the frame shift is the whole of c
+        records = torch.stack(records)
+    return _to_caller(points, latents.dtype), _to_caller(records, latents.dtype, saturate=log_posteriors)
 
 
 def nearest_anchor(points: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-    """Index of the closest anchor (Euclidean) for each point: LongTensor ``[B]``."""
+    """Index of the closest anchor (Euclidean) for each point: LongTensor ``[B]``.
+
+    Distances from coordinate differences (no ``||p||^2 - 2 p.a + ||a||^2`` expansion, so no cancellation
+    at large offsets), computed in float32 for half-precision inputs (float64 when an input is float64).
+    """
     _check_matrix("anchors", anchors)
-    _check_matrix("points", points, anchors.shape[1])
-    distances = torch.cdist(points, anchors, compute_mode="donot_use_mm_for_euclid_dist")  # [B, N]
+    _check_matrix("points", points, anchors.shape[1], "anchors")
+    _check_device_and_values(points=points, anchors=anchors)
+    dtype = _compute_dtype(points, anchors)
+    distances = torch.cdist(points.to(dtype), anchors.to(dtype), compute_mode="donot_use_mm_for_euclid_dist")  # [B, N]
     return distances.argmin(dim=-1)
 
 
