@@ -38,7 +38,7 @@ from .configuration_lzn import (
 )
 from .latent_flow import anchors_to_latents, latents_to_anchors, nearest_anchor
 from .model_cards import prepare_upload, write_model_card
-from .ncsnpp import GaussianFourierProjection, NCSNppDecoder, NCSNppEncoder, variance_scaling_bound
+from .ncsnpp import GaussianFourierProjection, NCSNppDecoder, NCSNppEncoder, time_dtype, variance_scaling_bound
 from .resnet_gn import ResNetGNEncoder
 
 __all__ = [
@@ -250,6 +250,7 @@ class LZNImageEncoder(LZNPreTrainedModel):
         """pixel_values `[B, C, H, W]` in [-1, 1] -> anchors `[B, d]`, pooler_output `[B, F]`."""
         image_size = self.config.image_size if self.config.encoder_type == "ncsnpp" else None
         check_pixel_values(pixel_values, self.config.num_channels, image_size)
+        pixel_values = pixel_values.to(self.dtype)  # the network's dtype (as transformers' vision models do)
         if self.config.encoder_type == "resnet_gn":
             anchors, features = self.network.forward_with_features(pixel_values)  # [B, d], [B, 2048]
         else:
@@ -269,6 +270,9 @@ class LZNImageDecoder(LZNPreTrainedModel):
 
     config_class = LZNImageDecoderConfig
     main_input_name = "sample"
+    # Fourier frequencies (|W| up to ~50, multiplied by log(999 t) * 2 pi) lose whole radians in half precision:
+    # `from_pretrained(..., dtype=torch.float16 / torch.bfloat16)` keeps them float32.
+    _keep_in_fp32_modules_strict = ["time_proj"]
 
     def __init__(self, config: LZNImageDecoderConfig):
         super().__init__(config)
@@ -280,6 +284,11 @@ class LZNImageDecoder(LZNPreTrainedModel):
             **_config_kwargs(config, DECODER_DEFAULTS),
         )
         self.post_init()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the network computes in (its convolutions'; the Fourier frequencies may stay float32)."""
+        return self.network.conv_in.weight.dtype
 
     def forward(
         self,
@@ -308,6 +317,7 @@ class LZNImageDecoder(LZNPreTrainedModel):
             raise ValueError(f"`latents` must have shape [{sample.shape[0]}, {config.latent_dim}], got {tuple(latents.shape)}")
         if class_labels is not None and class_labels.ndim == 1:
             class_labels = check_labels(class_labels, config.num_classes) if config.num_classes else class_labels
+        sample, latents = sample.to(self.dtype), latents.to(self.dtype)  # the network's dtype
         velocity = -self.upstream_velocity(sample, self.upstream_time(timestep, sample), latents, class_labels)
         if not return_dict:
             return (velocity,)
@@ -315,14 +325,15 @@ class LZNImageDecoder(LZNPreTrainedModel):
 
     @staticmethod
     def upstream_time(timestep: Union[torch.Tensor, float], sample: torch.Tensor) -> torch.Tensor:
-        """diffusers' `timestep = sigma * 1000` -> upstream's time `t = 1 - sigma` (0 = noise), `[B]`."""
+        """diffusers' `timestep = sigma * 1000` -> upstream's time `t = 1 - sigma` (0 = noise), `[B]`, in float32
+        (float64 for a float64 `sample`) whatever the network's dtype."""
         timestep = torch.as_tensor(timestep, device=sample.device, dtype=torch.float64)
         t = 1.0 - timestep / NUM_TRAIN_TIMESTEPS  # computed in float64: t near 1e-3 keeps its digits
         if t.numel() == 1:
-            return t.reshape(()).expand(sample.shape[0]).to(sample.dtype)
+            return t.reshape(()).expand(sample.shape[0]).to(time_dtype(sample.dtype))
         if t.shape != (sample.shape[0],):
             raise ValueError(f"`timestep` must be a scalar or have shape [{sample.shape[0]}], got {tuple(t.shape)}")
-        return t.to(sample.dtype)
+        return t.to(time_dtype(sample.dtype))
 
     def upstream_velocity(self, sample, t, latents, class_labels=None) -> torch.Tensor:
         """Upstream's orientation: `x_t = t * data + (1 - t) * noise`, `t` `[B]` in [0, 1], returns `data - noise`."""
@@ -354,8 +365,10 @@ class LZNLabelAnchors(LZNPreTrainedModel):
         """Class indices `[B]` -> latents `[B, d]`: forward Euler flow over the label anchors from
         `1e-4 * noise + (1 - 1e-4) * anchor`, uniform weights, `flow_num_steps` steps (lzn-method.md §2.5)."""
         own = self(labels)  # [B, d]
-        noise = _noise_like(own, noise, generator)
-        return anchors_to_latents(own, noise, self.anchors, num_steps=self.config.flow_num_steps, solver="euler")
+        own_flow, table = _for_flow(own, self.anchors)
+        noise = _noise_like(own_flow, noise, generator)
+        latents = anchors_to_latents(own_flow, noise, table, num_steps=self.config.flow_num_steps, solver="euler")
+        return latents.to(own.dtype)
 
     def classify_latents(
         self, latents: torch.Tensor, class_weights: Optional[torch.Tensor] = None, return_dict: bool = True
@@ -364,11 +377,26 @@ class LZNLabelAnchors(LZNPreTrainedModel):
 
         `class_weights` `[C]` (optional) weight the classes in the flow (upstream: the batch label histogram).
         """
-        points, posteriors = latents_to_anchors(latents, self.anchors, self.config.flow_num_steps, class_weights)
+        latents_flow, table = _for_flow(latents, self.anchors)
+        if class_weights is not None:
+            class_weights = class_weights.to(device=table.device, dtype=table.dtype)
+        points, posteriors = latents_to_anchors(latents_flow, table, self.config.flow_num_steps, class_weights)
         logits = posteriors[-1].clamp_min(torch.finfo(posteriors.dtype).tiny).log()  # [B, C]
-        predictions = nearest_anchor(points, self.anchors)  # [B]
-        output = LZNLatentClassificationOutput(logits=logits, posteriors=posteriors, predictions=predictions, points=points)
+        predictions = nearest_anchor(points, table)  # [B]
+        dtype = latents.dtype  # the caller's
+        output = LZNLatentClassificationOutput(
+            logits=logits.to(dtype), posteriors=posteriors.to(dtype), predictions=predictions, points=points.to(dtype)
+        )
         return output if return_dict else output.to_tuple()
+
+
+def _for_flow(*tensors: Optional[torch.Tensor]):
+    """`tensors` in the latent flows' dtype: float32, or float64 when the first is float64 (None stays None).
+
+    The flows' logits reach 1e9 at small t and overflow float16; they are cheap, so half-precision models
+    run them in float32 and hand the caller's dtype back."""
+    dtype = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
+    return tuple(None if tensor is None else tensor.to(dtype) for tensor in tensors)
 
 
 def _noise_like(reference: torch.Tensor, noise: Optional[torch.Tensor], generator) -> torch.Tensor:
@@ -419,9 +447,10 @@ class LZNLatentSpaceMixin:
             if pixel_values is None:
                 raise ValueError("pass `pixel_values` or `anchors`")
             anchors = self.get_image_anchors(pixel_values)
-        noise = self.config.prior_noise_scale * _noise_like(anchors, noise, generator)
-        return anchors_to_latents(
-            anchors,
+        anchors_flow, reference_anchors = _for_flow(anchors, reference_anchors)
+        noise = self.config.prior_noise_scale * _noise_like(anchors_flow, noise, generator)
+        latents = anchors_to_latents(
+            anchors_flow,
             noise,
             reference_anchors,
             num_steps=self.config.image_flow_num_steps,
@@ -429,6 +458,7 @@ class LZNLatentSpaceMixin:
             eps=self.config.image_flow_eps,
             append_own_anchor=append_own_anchor,
         )
+        return latents.to(anchors.dtype)
 
     def _require_label_anchors(self) -> "LZNLabelAnchors":
         if self.label_anchors is None:
@@ -490,12 +520,14 @@ class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
     Two modes:
 
     * **anchor bank** (default once :meth:`build_anchor_bank` has stored reference anchors of training
-      images): each image's latent is computed against the bank plus its own anchor, with zero prior noise
-      (the zone centre) unless `noise` is given. Deterministic; an image gets the same prediction alone or
-      in any batch. This is what `pipeline("image-classification")` uses.
-    * **upstream's batch mode** (`use_anchor_bank=False`, or no bank): latents against the anchors of the
-      batch itself, with random prior noise; predictions depend on the batch-mates. Use batches of the
-      training size (2000 for CIFAR-10) to reproduce the paper.
+      images): each image's latent is computed against the bank plus its own anchor. An image gets the same
+      prediction alone or in any batch. This is what `pipeline("image-classification")` uses.
+    * **batch mode** (`use_anchor_bank=False`, or no bank): latents against the anchors of the batch itself
+      (or `reference_anchors`); predictions depend on the batch-mates. Upstream's evaluation is this mode
+      with random prior noise (`random_noise=True`), in batches of the training size (2000 for CIFAR-10).
+
+    In both modes the prior noise is zero (each latent is its zone's centre), so a call is deterministic,
+    unless `noise` is given or `random_noise=True` draws N(0, I) noise (with `generator`).
 
     Loads from an :class:`LZNModel` checkpoint (decoder weights ignored). Logits are log posteriors.
     """
@@ -532,6 +564,7 @@ class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
         noise: Optional[torch.Tensor] = None,
         reference_anchors: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
+        random_noise: bool = False,
         return_dict: Optional[bool] = None,
     ) -> Union[ImageClassifierOutput, tuple]:
         """pixel_values `[B, C, H, W]` -> `ImageClassifierOutput` with `logits` `[B, C]` (log posteriors).
@@ -539,17 +572,25 @@ class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
         Args:
             use_anchor_bank: default: True when a bank is stored (and no `reference_anchors` are given).
             class_weights: `[C]` class weights of the reverse label flow (upstream's weighted evaluation).
-            noise: `[B, d]` N(0, I) prior noise; default zeros in bank mode, random in batch mode.
+            noise: `[B, d]` N(0, I) prior noise; default zeros (the zone centres).
             reference_anchors: `[N, d]` anchors defining the zones in batch mode (default: the batch's).
+            generator: draws the noise when `random_noise=True`.
+            random_noise: draw N(0, I) prior noise instead of zeros (upstream's evaluation, with
+                `use_anchor_bank=False`); predictions then vary from call to call unless `generator` is seeded.
         """
         if use_anchor_bank is None:
             use_anchor_bank = self.anchor_bank is not None and reference_anchors is None
+        if random_noise and noise is not None:
+            raise ValueError("pass `noise` or `random_noise=True`, not both")
         anchors = self.get_image_anchors(pixel_values)
+        if noise is None and not random_noise:
+            noise = torch.zeros_like(anchors)
         if use_anchor_bank:
             if self.anchor_bank is None:
                 raise ValueError("no anchor bank stored: call `build_anchor_bank(training_images)` or pass use_anchor_bank=False")
-            noise = torch.zeros_like(anchors) if noise is None else noise
-            latents = self.get_image_latents(anchors=anchors, noise=noise, reference_anchors=self.anchor_bank, append_own_anchor=True)
+            latents = self.get_image_latents(
+                anchors=anchors, noise=noise, reference_anchors=self.anchor_bank, generator=generator, append_own_anchor=True
+            )
         else:
             latents = self.get_image_latents(anchors=anchors, noise=noise, reference_anchors=reference_anchors, generator=generator)
         logits = self.classify_latents(latents, class_weights).logits
