@@ -124,7 +124,7 @@ def test_parity_contrastive(converted, use_ema):
             return
         close(model.get_image_anchors(inputs["x"]), outputs["anchors"])
         close(model.get_image_anchors(inputs["x2"]), outputs["anchors_view2"])
-        close(model.get_image_features(inputs["x"]), outputs["features_no_head"])
+        close(model.get_image_features(inputs["x"]).pooler_output, outputs["features_no_head"])
         latents = model.get_image_latents(anchors=outputs["anchors"], noise=inputs["eps"])  # prior noise x 0.45
         assert rel_err(latents, outputs["latent_view1"]) < 2e-3
         _, log_posteriors = latents_to_anchors(outputs["latent_view1"], outputs["anchors_view2"], 20, log_posteriors=True)
@@ -258,7 +258,7 @@ def test_other_tiny_presets_run(preset):
         if model.image_decoder is not None:
             assert model.image_decoder(images, 999.0, latents).sample.shape == images.shape
         else:
-            assert model.get_image_features(images).shape == (2, 2048)
+            assert model.get_image_features(images).pooler_output.shape == (2, 2048)
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ Imports only torch, transformers and sibling modules (Hub remote code copies exa
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -64,10 +65,13 @@ NUM_TRAIN_TIMESTEPS = 1000
 @dataclass
 class LZNImageEncoderOutput(ModelOutput):
     """anchors `[B, d]`; pooler_output `[B, F]`: the image representation (ResNet: the pooled 2048-d
-    backbone feature used for linear probes; NCSN++: the anchors). Neither depends on batch-mates."""
+    backbone feature used for linear probes; NCSN++: the anchors). Neither depends on batch-mates.
+    hidden_states (with `output_hidden_states=True`): the encoder's intermediate feature maps
+    `[B, C_k, H_k, W_k]`, input side first (NCSN++: every map a latent head may read; ResNet: stem and stages)."""
 
     anchors: Optional[torch.Tensor] = None
     pooler_output: Optional[torch.Tensor] = None
+    hidden_states: Optional[tuple] = None
 
 
 @dataclass
@@ -96,16 +100,25 @@ class LZNLatentClassificationOutput(ModelOutput):
 @dataclass
 class LZNModelOutput(ModelOutput):
     """anchors `[B, d]`, pooler_output `[B, F]` (the representation, see `LZNImageEncoderOutput`) and, when
-    asked for, latents `[B, d]` (against the batch's anchors unless reference anchors are given)."""
+    asked for, latents `[B, d]` (against the batch's anchors unless reference anchors are given) and the
+    encoder's feature maps `hidden_states` (see `LZNImageEncoderOutput`)."""
 
     anchors: Optional[torch.Tensor] = None
     pooler_output: Optional[torch.Tensor] = None
     latents: Optional[torch.Tensor] = None
+    hidden_states: Optional[tuple] = None
 
 
 # ----------------------------------------------------------------------------------------------------------
 # input checks
 # ----------------------------------------------------------------------------------------------------------
+def _tracing() -> bool:
+    """True under `torch.compile` and `torch.export` (torch >= 2.3 reports both through `is_compiling`) and
+    TorchScript tracing: value checks that read tensor data (`.item()`, `if tensor.any()`) are skipped there,
+    shape and dtype checks still run. Eager calls check everything."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size: Optional[int]) -> None:
     """Raise a clear error unless `pixel_values` is a finite float `[B, num_channels, S, S]` batch in [-1, 1]."""
     if not isinstance(pixel_values, torch.Tensor):
@@ -119,6 +132,8 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size
         raise TypeError(
             f"`pixel_values` must be floats in [-1, 1], got dtype {pixel_values.dtype}; convert uint8 images with x / 127.5 - 1"
         )
+    if _tracing():
+        return
     if not torch.isfinite(pixel_values).all():
         raise ValueError("`pixel_values` contains NaN or Inf")
     low, high = pixel_values.min().item(), pixel_values.max().item()
@@ -126,15 +141,28 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size
         raise ValueError(f"`pixel_values` must be in [-1, 1], got values in [{low:.3g}, {high:.3g}]")
 
 
-def check_labels(labels, num_classes: int) -> torch.Tensor:
-    """Integer class labels `[B]` in [0, num_classes)."""
+def _check_float_tensor(name: str, tensor, shape: tuple) -> None:
+    """A finite floating-point tensor of `shape` (a letter: any size); NaN / Inf checked in eager mode only."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.ndim != len(shape) or any(isinstance(size, int) and actual != size for actual, size in zip(tensor.shape, shape)):
+        expected = ", ".join(map(str, shape))
+        raise ValueError(f"`{name}` must have shape [{expected}], got {tuple(tensor.shape)}")
+    if not tensor.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor, got dtype {tensor.dtype}")
+    if not _tracing() and not torch.isfinite(tensor).all():
+        raise ValueError(f"`{name}` contains NaN or Inf")
+
+
+def check_labels(labels, num_classes: int, name: str = "labels") -> torch.Tensor:
+    """Integer class labels `[B]` in [0, num_classes); errors name the argument `name`."""
     labels = torch.as_tensor(labels)
     if labels.ndim != 1 or labels.numel() == 0:
-        raise ValueError(f"`labels` must be a non-empty 1-D sequence of class indices, got shape {tuple(labels.shape)}")
+        raise ValueError(f"`{name}` must be a non-empty 1-D sequence of class indices, got shape {tuple(labels.shape)}")
     if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise TypeError(f"`labels` must be integers, got dtype {labels.dtype}")
-    if (labels < 0).any() or (labels >= num_classes).any():
-        raise ValueError(f"`labels` must be in [0, {num_classes}), got {labels.tolist()}")
+        raise TypeError(f"`{name}` must be integers, got dtype {labels.dtype}")
+    if not _tracing() and ((labels < 0).any() or (labels >= num_classes).any()):
+        raise ValueError(f"`{name}` must be in [0, {num_classes}), got {labels.tolist()}")
     return labels.long()
 
 
@@ -151,12 +179,14 @@ class LZNPreTrainedModel(PreTrainedModel):
     _no_split_modules = []
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: bool = True, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: Optional[bool] = None, **kwargs):
         """`PreTrainedModel.from_pretrained`, but strict by default: a checkpoint whose keys do not match the
         architecture (missing, unexpected or mismatched weights) raises a `ValueError` listing them instead of
         silently re-initialising; a corrupt weights file raises a `ValueError` naming it. `strict=False`
-        restores transformers' lenient behaviour."""
+        restores transformers' lenient behaviour. With `output_loading_info=True` the default is lenient:
+        `(model, info)` comes back for the caller to inspect (`strict=True` still raises)."""
         output_loading_info = kwargs.pop("output_loading_info", False)
+        strict = not output_loading_info if strict is None else strict
         try:
             model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
         except Exception as error:
@@ -205,11 +235,17 @@ class LZNPreTrainedModel(PreTrainedModel):
             init.normal_(module.W, std=module.scale)
         elif isinstance(module, LZNLabelAnchors):
             init.normal_(module.anchors)
+        elif isinstance(module, LZNForImageClassification) and module.anchor_bank is not None:
+            init.zeros_(module.anchor_bank)  # an empty bank until `build_anchor_bank` (or the checkpoint) fills it
 
 
 # ----------------------------------------------------------------------------------------------------------
 # parts
 # ----------------------------------------------------------------------------------------------------------
+def _use_return_dict(config, return_dict: Optional[bool]) -> bool:
+    return config.return_dict if return_dict is None else return_dict
+
+
 def _config_kwargs(config, names) -> dict:
     """The config fields `names` as constructor kwargs of the torch modules (lists become tuples)."""
     return {name: tuple(getattr(config, name)) if isinstance(getattr(config, name), list) else getattr(config, name) for name in names}
@@ -246,18 +282,29 @@ class LZNImageEncoder(LZNPreTrainedModel):
         """Size of `pooler_output`: the ResNet's pooled feature, or the latent dimension for NCSN++."""
         return self.network.feature_dim if self.config.encoder_type == "resnet_gn" else self.config.latent_dim
 
-    def forward(self, pixel_values: torch.Tensor, return_dict: Optional[bool] = None) -> Union[LZNImageEncoderOutput, tuple]:
-        """pixel_values `[B, C, H, W]` in [-1, 1] -> anchors `[B, d]`, pooler_output `[B, F]`."""
+    def forward(
+        self, pixel_values: torch.Tensor, output_hidden_states: Optional[bool] = None, return_dict: Optional[bool] = None
+    ) -> Union[LZNImageEncoderOutput, tuple]:
+        """pixel_values `[B, C, H, W]` in [-1, 1] -> anchors `[B, d]`, pooler_output `[B, F]` and, with
+        `output_hidden_states=True`, the intermediate feature maps `hidden_states` (a tuple)."""
         image_size = self.config.image_size if self.config.encoder_type == "ncsnpp" else None
         check_pixel_values(pixel_values, self.config.num_channels, image_size)
         pixel_values = pixel_values.to(self.dtype)  # the network's dtype (as transformers' vision models do)
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        maps = None
         if self.config.encoder_type == "resnet_gn":
-            anchors, features = self.network.forward_with_features(pixel_values)  # [B, d], [B, 2048]
+            if output_hidden_states:
+                maps = self.network.forward_feature_maps(pixel_values)
+                features = maps[-1].mean(dim=(2, 3))  # [B, 2048]
+                anchors = self.network.forward_head(features)  # [B, d]
+            else:
+                anchors, features = self.network.forward_with_features(pixel_values)  # [B, d], [B, 2048]
         else:
-            anchors = features = self.network(pixel_values)  # [B, d]
-        if not (self.config.return_dict if return_dict is None else return_dict):
-            return anchors, features
-        return LZNImageEncoderOutput(anchors=anchors, pooler_output=features)
+            maps = self.network.forward_features(pixel_values)
+            anchors = features = self.network.forward_heads(maps)  # [B, d]
+        hidden_states = tuple(maps) if output_hidden_states else None
+        output = LZNImageEncoderOutput(anchors=anchors, pooler_output=features, hidden_states=hidden_states)
+        return output if _use_return_dict(self.config, return_dict) else output.to_tuple()
 
 
 class LZNImageDecoder(LZNPreTrainedModel):
@@ -309,16 +356,13 @@ class LZNImageDecoder(LZNPreTrainedModel):
             velocity `noise - data`, `[B, C, H, W]`, in `.sample`.
         """
         config = self.config
-        if sample.ndim != 4 or tuple(sample.shape[1:]) != (config.num_channels, config.image_size, config.image_size):
-            raise ValueError(
-                f"`sample` must have shape [B, {config.num_channels}, {config.image_size}, {config.image_size}], got {tuple(sample.shape)}"
-            )
-        if latents.ndim != 2 or latents.shape != (sample.shape[0], config.latent_dim):
-            raise ValueError(f"`latents` must have shape [{sample.shape[0]}, {config.latent_dim}], got {tuple(latents.shape)}")
-        if class_labels is not None and class_labels.ndim == 1:
-            class_labels = check_labels(class_labels, config.num_classes) if config.num_classes else class_labels
+        _check_float_tensor("sample", sample, ("B", config.num_channels, config.image_size, config.image_size))
+        batch = sample.shape[0]
+        _check_float_tensor("latents", latents, (batch, config.latent_dim))
+        class_labels = self._check_class_labels(class_labels, batch)
+        t = self.upstream_time(timestep, sample)
         sample, latents = sample.to(self.dtype), latents.to(self.dtype)  # the network's dtype
-        velocity = -self.upstream_velocity(sample, self.upstream_time(timestep, sample), latents, class_labels)
+        velocity = -self.upstream_velocity(sample, t, latents, class_labels)
         if not return_dict:
             return (velocity,)
         return LZNImageDecoderOutput(sample=velocity)
@@ -327,13 +371,37 @@ class LZNImageDecoder(LZNPreTrainedModel):
     def upstream_time(timestep: Union[torch.Tensor, float], sample: torch.Tensor) -> torch.Tensor:
         """diffusers' `timestep = sigma * 1000` -> upstream's time `t = 1 - sigma` (0 = noise), `[B]`, in float32
         (float64 for a float64 `sample`) whatever the network's dtype."""
+        if isinstance(timestep, bool) or not isinstance(timestep, (torch.Tensor, int, float)):
+            raise TypeError(f"`timestep` must be a number or a tensor, got {type(timestep).__name__}")
         timestep = torch.as_tensor(timestep, device=sample.device, dtype=torch.float64)
+        if not _tracing() and not ((timestep >= 0) & (timestep <= NUM_TRAIN_TIMESTEPS)).all():  # NaN fails too
+            raise ValueError(f"`timestep` must be sigma * {NUM_TRAIN_TIMESTEPS} in [0, {NUM_TRAIN_TIMESTEPS}], got {timestep.tolist()}")
         t = 1.0 - timestep / NUM_TRAIN_TIMESTEPS  # computed in float64: t near 1e-3 keeps its digits
         if t.numel() == 1:
             return t.reshape(()).expand(sample.shape[0]).to(time_dtype(sample.dtype))
         if t.shape != (sample.shape[0],):
             raise ValueError(f"`timestep` must be a scalar or have shape [{sample.shape[0]}], got {tuple(t.shape)}")
         return t.to(time_dtype(sample.dtype))
+
+    def _check_class_labels(self, class_labels: Optional[torch.Tensor], batch: int) -> Optional[torch.Tensor]:
+        """`[B]` class indices in [0, num_classes) or `[B, num_classes]` floats (one-hot); None iff unconditional."""
+        num_classes = self.config.num_classes
+        if num_classes == 0:
+            if class_labels is not None:
+                raise ValueError("this decoder is unconditional (num_classes=0): `class_labels` must be None")
+            return None
+        if class_labels is None:
+            raise ValueError(f"this decoder is label-conditional (num_classes={num_classes}): pass `class_labels` [B]")
+        if not isinstance(class_labels, torch.Tensor):
+            raise TypeError(f"`class_labels` must be a torch.Tensor, got {type(class_labels).__name__}")
+        if class_labels.ndim == 2 and class_labels.is_floating_point():
+            _check_float_tensor("class_labels", class_labels, (batch, num_classes))
+            return class_labels
+        if class_labels.ndim != 1 or class_labels.shape[0] != batch:
+            raise ValueError(
+                f"`class_labels` must be [{batch}] class indices or [{batch}, {num_classes}] one-hot floats, got shape {tuple(class_labels.shape)}"
+            )
+        return check_labels(class_labels, num_classes, "class_labels")
 
     def upstream_velocity(self, sample, t, latents, class_labels=None) -> torch.Tensor:
         """Upstream's orientation: `x_t = t * data + (1 - t) * noise`, `t` `[B]` in [0, 1], returns `data - noise`."""
@@ -420,9 +488,15 @@ class LZNLatentSpaceMixin:
         """pixel_values `[B, C, H, W]` in [-1, 1] -> anchors `[B, d]`."""
         return self.image_encoder(pixel_values, return_dict=True).anchors
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The representation `[B, F]`: the ResNet's pooled backbone feature, or the NCSN++ anchors."""
-        return self.image_encoder(pixel_values, return_dict=True).pooler_output
+    def get_image_features(
+        self, pixel_values: torch.Tensor, output_hidden_states: Optional[bool] = None, return_dict: Optional[bool] = None
+    ) -> Union[LZNImageEncoderOutput, tuple]:
+        """The image encoder's output, as transformers 5 vision models return it: `pooler_output` `[B, F]` is the
+        representation (the ResNet's pooled backbone feature, or the NCSN++ anchors), beside `anchors` `[B, d]`
+        and, when asked for, `hidden_states`. A tuple `(anchors, pooler_output[, hidden_states])` with
+        `return_dict=False`."""
+        hidden = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return self.image_encoder(pixel_values, output_hidden_states=hidden, return_dict=_use_return_dict(self.config, return_dict))
 
     def get_image_latents(
         self,
@@ -447,6 +521,10 @@ class LZNLatentSpaceMixin:
             if pixel_values is None:
                 raise ValueError("pass `pixel_values` or `anchors`")
             anchors = self.get_image_anchors(pixel_values)
+        else:
+            _check_float_tensor("anchors", anchors, ("B", self.config.latent_dim))
+        if reference_anchors is not None:
+            _check_float_tensor("reference_anchors", reference_anchors, ("N", self.config.latent_dim))
         anchors_flow, reference_anchors = _for_flow(anchors, reference_anchors)
         noise = self.config.prior_noise_scale * _noise_like(anchors_flow, noise, generator)
         latents = anchors_to_latents(
@@ -487,6 +565,8 @@ class LZNModel(LZNLatentSpaceMixin, LZNPreTrainedModel):
 
     config_class = LZNConfig
     _lzn_model_card = "model"
+    # an `LZNForImageClassification` folder: its reference-anchor bank is not part of the model
+    _keys_to_ignore_on_load_unexpected = [r"^anchor_bank$"]
 
     def __init__(self, config: LZNConfig):
         super().__init__(config)
@@ -502,16 +582,18 @@ class LZNModel(LZNLatentSpaceMixin, LZNPreTrainedModel):
         noise: Optional[torch.Tensor] = None,
         reference_anchors: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
+        output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
     ) -> Union[LZNModelOutput, tuple]:
         """Images `[B, C, H, W]` -> anchors `[B, d]`, pooler_output `[B, F]` and, with `output_latents=True`,
-        latents `[B, d]` (zones of the batch's anchors unless `reference_anchors` is given)."""
-        encoded = self.image_encoder(pixel_values, return_dict=True)
+        latents `[B, d]` (zones of the batch's anchors unless `reference_anchors` is given), with
+        `output_hidden_states=True` the encoder's feature maps."""
+        encoded = self.get_image_features(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         latents = None
         if output_latents:
             latents = self.get_image_latents(anchors=encoded.anchors, noise=noise, reference_anchors=reference_anchors, generator=generator)
-        output = LZNModelOutput(anchors=encoded.anchors, pooler_output=encoded.pooler_output, latents=latents)
-        return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
+        output = LZNModelOutput(anchors=encoded.anchors, pooler_output=encoded.pooler_output, latents=latents, hidden_states=encoded.hidden_states)
+        return output if _use_return_dict(self.config, return_dict) else output.to_tuple()
 
 
 class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
@@ -529,7 +611,9 @@ class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
     In both modes the prior noise is zero (each latent is its zone's centre), so a call is deterministic,
     unless `noise` is given or `random_noise=True` draws N(0, I) noise (with `generator`).
 
-    Loads from an :class:`LZNModel` checkpoint (decoder weights ignored). Logits are log posteriors.
+    Loads from an :class:`LZNModel` checkpoint (decoder weights ignored); its config holds no decoder (a copy of
+    the given config without `image_decoder_config`), so an :class:`LZNModel` loads from a classifier folder.
+    Logits are log posteriors.
     """
 
     config_class = LZNConfig
@@ -537,9 +621,12 @@ class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [r"image_decoder\..*"]
 
     def __init__(self, config: LZNConfig):
-        super().__init__(config)
         if config.label_anchors_config is None:
             raise ValueError("LZNForImageClassification needs `label_anchors_config` in the config")
+        if config.image_decoder_config is not None:  # the classifier holds no decoder: say so in its own config
+            config = copy.deepcopy(config)
+            config.image_decoder_config = None
+        super().__init__(config)
         self.image_encoder = LZNImageEncoder(config.image_encoder_config)
         self.label_anchors = LZNLabelAnchors(config.label_anchors_config)
         bank = torch.zeros(config.anchor_bank_size, config.latent_dim) if config.anchor_bank_size > 0 else None
@@ -565,6 +652,7 @@ class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
         reference_anchors: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
         random_noise: bool = False,
+        output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
     ) -> Union[ImageClassifierOutput, tuple]:
         """pixel_values `[B, C, H, W]` -> `ImageClassifierOutput` with `logits` `[B, C]` (log posteriors).
@@ -577,12 +665,14 @@ class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
             generator: draws the noise when `random_noise=True`.
             random_noise: draw N(0, I) prior noise instead of zeros (upstream's evaluation, with
                 `use_anchor_bank=False`); predictions then vary from call to call unless `generator` is seeded.
+            output_hidden_states: also return the encoder's feature maps as `hidden_states`.
         """
         if use_anchor_bank is None:
             use_anchor_bank = self.anchor_bank is not None and reference_anchors is None
         if random_noise and noise is not None:
             raise ValueError("pass `noise` or `random_noise=True`, not both")
-        anchors = self.get_image_anchors(pixel_values)
+        encoded = self.get_image_features(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        anchors = encoded.anchors
         if noise is None and not random_noise:
             noise = torch.zeros_like(anchors)
         if use_anchor_bank:
@@ -594,6 +684,5 @@ class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
         else:
             latents = self.get_image_latents(anchors=anchors, noise=noise, reference_anchors=reference_anchors, generator=generator)
         logits = self.classify_latents(latents, class_weights).logits
-        if not (self.config.return_dict if return_dict is None else return_dict):
-            return (logits,)
-        return ImageClassifierOutput(logits=logits)
+        output = ImageClassifierOutput(logits=logits, hidden_states=encoded.hidden_states)
+        return output if _use_return_dict(self.config, return_dict) else output.to_tuple()

@@ -742,7 +742,10 @@ class NCSNppEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``pixel_values [B, C, H, W] in [-1, 1] -> anchors [B, latent_dim]``."""
-        features = self.forward_features(pixel_values)
+        return self.forward_heads(self.forward_features(pixel_values))
+
+    def forward_heads(self, features: List[torch.Tensor]) -> torch.Tensor:
+        """The stored feature maps of :meth:`forward_features` -> anchors ``[B, latent_dim]`` (sum of the heads)."""
         anchors = None
         for k, head in zip(self.head_feature_indices, self.heads):
             head_out = head(features[k])  # [B, latent_dim]
