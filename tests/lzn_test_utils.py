@@ -17,3 +17,10 @@ def parity_folder(name: str) -> Path:
             pytest.fail(f"parity fixtures missing in CI: {folder}")
         pytest.skip(f"parity fixtures not found at {folder}")
     return folder
+
+
+def tiny_images(batch=4, channels=1, size=8, seed=0):
+    """Seeded random images `[batch, channels, size, size]` in [-1, 1] (the tiny presets' 8x8 grayscale)."""
+    import torch
+
+    return torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1

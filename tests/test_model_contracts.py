@@ -4,6 +4,7 @@ label names, loading, export and compilation."""
 import numpy as np
 import pytest
 import torch
+from lzn_test_utils import tiny_images
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, pipeline
@@ -15,10 +16,6 @@ from lzn_hf.modeling_lzn import LZNImageEncoderOutput
 # Paths through the latent flows (image latents, classifier) are exportable once latent_flow's input checks skip
 # value checks while tracing (the flow branch). Lead: set True after merging it (then drop the flag).
 FLOWS_EXPORTABLE = False
-
-
-def tiny_images(batch=4, channels=1, size=8, seed=0):
-    return torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from lzn_test_utils import PARITY_DIR, parity_folder
+from lzn_test_utils import PARITY_DIR, parity_folder, tiny_images
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
@@ -178,10 +178,6 @@ def test_released_checkpoint_layouts_convert(layout_name):
 # ---------------------------------------------------------------------------------------------------------
 # tiny models built in code
 # ---------------------------------------------------------------------------------------------------------
-def tiny_images(batch=4, channels=1, size=8, seed=0):
-    return torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-
-
 @pytest.fixture(scope="module")
 def tiny_joint():
     torch.manual_seed(0)
