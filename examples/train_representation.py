@@ -178,7 +178,7 @@ def export(args, representation, global_batch_size, ema_model, train_dataset, te
             test_images, test_labels = stack_dataset(test_dataset, representation.max_eval_samples)
             if test_labels is not None:  # AdamW probe on the standardised frozen features, as examples/evaluate.py
                 with torch.no_grad():
-                    features = [torch.cat([ema_model.get_image_features(chunk) for chunk in images.split(256)]) for images in (train_images, test_images)]
+                    features = [torch.cat([ema_model.get_image_features(chunk).pooler_output for chunk in images.split(256)]) for images in (train_images, test_images)]
                 metrics["accuracy/linear_probe"] = linear_probe_accuracy(features[0], train_labels, features[1], test_labels, epochs=1000,
                                                                         lr=1e-3, standardize=True, seed=args.seed)
     save_training_curves(history.read(), output_dir / "training_curves.png", keys=["loss", "assignment_accuracy", "grad_norm", "lr/image_encoder"],

@@ -1,4 +1,4 @@
-"""Shared test helpers: where the upstream parity fixtures live, a free local port."""
+"""Shared test helpers: where the upstream parity fixtures live, a free local port, tiny images."""
 
 import os
 import socket
@@ -25,3 +25,9 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+def tiny_images(batch=4, channels=1, size=8, seed=0):
+    """Seeded random images `[batch, channels, size, size]` in [-1, 1] (the tiny presets' 8x8 grayscale)."""
+    import torch
+
+    return torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from lzn_test_utils import PARITY_DIR, parity_folder
+from lzn_test_utils import PARITY_DIR, parity_folder, tiny_images
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
@@ -124,7 +124,7 @@ def test_parity_contrastive(converted, use_ema):
             return
         close(model.get_image_anchors(inputs["x"]), outputs["anchors"])
         close(model.get_image_anchors(inputs["x2"]), outputs["anchors_view2"])
-        close(model.get_image_features(inputs["x"]), outputs["features_no_head"])
+        close(model.get_image_features(inputs["x"]).pooler_output, outputs["features_no_head"])
         latents = model.get_image_latents(anchors=outputs["anchors"], noise=inputs["eps"])  # prior noise x 0.45
         assert rel_err(latents, outputs["latent_view1"]) < 2e-3
         _, log_posteriors = latents_to_anchors(outputs["latent_view1"], outputs["anchors_view2"], 20, log_posteriors=True)
@@ -178,10 +178,6 @@ def test_released_checkpoint_layouts_convert(layout_name):
 # ---------------------------------------------------------------------------------------------------------
 # tiny models built in code
 # ---------------------------------------------------------------------------------------------------------
-def tiny_images(batch=4, channels=1, size=8, seed=0):
-    return torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-
-
 @pytest.fixture(scope="module")
 def tiny_joint():
     torch.manual_seed(0)
@@ -258,7 +254,7 @@ def test_other_tiny_presets_run(preset):
         if model.image_decoder is not None:
             assert model.image_decoder(images, 999.0, latents).sample.shape == images.shape
         else:
-            assert model.get_image_features(images).shape == (2, 2048)
+            assert model.get_image_features(images).pooler_output.shape == (2, 2048)
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,9 @@ Presets (DiT-style): ``LZNConfig.from_preset("cifar10-joint")``; see :data:`LZN_
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Optional
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
 
 from transformers import PreTrainedConfig
 
@@ -34,52 +36,153 @@ __all__ = [
     "LZN_PRESETS",
 ]
 
-# NCSN++ trunk shared by encoder and decoder (the CIFAR-10 settings of the paper).
-NCSNPP_TRUNK_DEFAULTS: Dict[str, Any] = {
-    "nf": 128,
-    "ch_mult": [1, 2, 2, 2],
-    "num_res_blocks": 4,
-    "attn_resolutions": [16],
-    "dropout": 0.0,
-    "resamp_with_conv": True,
-    "fir": False,
-    "fir_kernel": [1, 3, 3, 1],
-    "skip_rescale": True,
-    "resblock_type": "biggan",
-    "progressive_input": "none",
-    "progressive_combine": "sum",
-    "init_scale": 0.0,
+@dataclass(frozen=True)
+class FieldSpec:
+    """Default, type and range of one config field; :meth:`check` raises a `ValueError` naming the field.
+
+    kind: `"int"`, `"float"` (ints accepted), `"bool"`, `"str"`, `"int_list"` or `"float_list"` (a list or tuple;
+    `low`/`high` then bound every item). Booleans never count as numbers and numbers given as strings are
+    rejected (a JSON `"false"` must not read as true).
+    """
+
+    default: Any
+    kind: str
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+    choices: Optional[Tuple[str, ...]] = None
+    optional: bool = False  # None allowed
+    min_length: int = 0  # lists
+
+    def _describe(self) -> str:
+        words = {"int": "an integer", "float": "a number", "bool": "a boolean (true / false)", "str": "a string"}
+        if self.choices is not None:
+            return f"one of {self.choices}"
+        item = "integers" if self.kind == "int_list" else "numbers"
+        text = words.get(self.kind) or f"a list of {'at least ' + str(self.min_length) + ' ' if self.min_length else ''}{item}"
+        bounds = []
+        if self.low is not None:
+            bounds.append(f"{'>=' if self.low_inclusive else '>'} {self.low}")
+        if self.high is not None:
+            bounds.append(f"{'<=' if self.high_inclusive else '<'} {self.high}")
+        if bounds:
+            text += (" each " if self.kind.endswith("_list") else " ") + " and ".join(bounds)
+        return text + (", or null" if self.optional else "")
+
+    def _number_ok(self, value, integer: bool) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float) if not integer else int):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (value == self.low and not self.low_inclusive)):
+            return False
+        return not (self.high is not None and (value > self.high or (value == self.high and not self.high_inclusive)))
+
+    def check(self, name: str, value: Any) -> None:
+        if value is None and self.optional:
+            return
+        if self.kind == "bool":
+            ok = isinstance(value, bool)
+        elif self.kind == "str":
+            ok = isinstance(value, str) and (self.choices is None or value in self.choices)
+        elif self.kind in ("int", "float"):
+            ok = self._number_ok(value, integer=self.kind == "int")
+        else:
+            integer = self.kind == "int_list"
+            ok = isinstance(value, (list, tuple)) and len(value) >= self.min_length and all(self._number_ok(v, integer) for v in value)
+        if not ok:
+            raise ValueError(f"`{name}` must be {self._describe()}, got {value!r} ({type(value).__name__})")
+
+
+def _int(default, low=None, high=None, **kwargs) -> FieldSpec:
+    return FieldSpec(default, "int", low, high, **kwargs)
+
+
+def _float(default, low=None, high=None, **kwargs) -> FieldSpec:
+    return FieldSpec(default, "float", low, high, **kwargs)
+
+
+def _bool(default) -> FieldSpec:
+    return FieldSpec(default, "bool")
+
+
+def _choice(default, *choices) -> FieldSpec:
+    return FieldSpec(default, "str", choices=choices)
+
+
+MAX_FLOW_STEPS = 10_000  # solver steps of a latent flow (upstream uses 20 and 100)
+MAX_SIZE = 8192  # image size, channels, widths: far above any LZN model, far below an accidental 1e9
+
+# Every architecture field, once: default, type and range. The per-part tables below are views of these.
+# NCSN++ trunk shared by encoder and decoder (the CIFAR-10 settings of the paper); names of the score_sde code.
+NCSNPP_TRUNK_FIELDS: Dict[str, FieldSpec] = {
+    "nf": _int(128, 1, MAX_SIZE),
+    "ch_mult": FieldSpec([1, 2, 2, 2], "int_list", 1, 64, min_length=1),
+    "num_res_blocks": _int(4, 1, 64),
+    "attn_resolutions": FieldSpec([16], "int_list", 1, MAX_SIZE),
+    "dropout": _float(0.0, 0.0, 1.0, high_inclusive=False),
+    "resamp_with_conv": _bool(True),
+    "fir": _bool(False),
+    "fir_kernel": FieldSpec([1, 3, 3, 1], "float_list", 0.0, None, low_inclusive=False, min_length=1),
+    "skip_rescale": _bool(True),
+    "resblock_type": _choice("biggan", "biggan"),
+    "progressive_input": _choice("none", "none", "input_skip"),
+    "progressive_combine": _choice("sum", "sum", "cat"),
+    "init_scale": _float(0.0, 0.0),
 }
-ENCODER_DEFAULTS: Dict[str, Dict[str, Any]] = {
+ENCODER_FIELDS: Dict[str, Dict[str, FieldSpec]] = {
     "ncsnpp": {
-        **NCSNPP_TRUNK_DEFAULTS,
-        "head_channels": 20,  # 1x1 conv of each latent head
-        "head_hidden_dim": 200,  # width of the head MLPs
-        "head_num_layers": 2,  # Linear layers per head
-        "head_resolutions": None,  # None = a head on every stored feature map
+        **NCSNPP_TRUNK_FIELDS,
+        "head_channels": _int(20, 1, MAX_SIZE),  # 1x1 conv of each latent head
+        "head_hidden_dim": _int(200, 1, 65536),  # width of the head MLPs
+        "head_num_layers": _int(2, 1, 64),  # Linear layers per head
+        "head_resolutions": FieldSpec(None, "int_list", 1, MAX_SIZE, optional=True, min_length=1),  # None = every map
     },
     "resnet_gn": {
-        "depths": [3, 4, 6, 3],  # ResNet-50
-        "width_multiplier": 1,
-        "head_num_layers": 2,
-        "num_groups": 32,
-        "norm_eps": 1e-5,
+        "depths": FieldSpec([3, 4, 6, 3], "int_list", 1, 256, min_length=1),  # ResNet-50
+        "width_multiplier": _int(1, 1, 64),
+        "head_num_layers": _int(2, 1, 64),
+        "num_groups": _int(32, 1, MAX_SIZE),
+        "norm_eps": _float(1e-5, 0.0, 1.0, low_inclusive=False),
     },
 }
-DECODER_DEFAULTS: Dict[str, Any] = {
-    **NCSNPP_TRUNK_DEFAULTS,
-    "progressive": "none",
-    "embedding_type": "positional",
-    "fourier_scale": 16.0,
-    "scale_by_sigma": False,
+DECODER_FIELDS: Dict[str, FieldSpec] = {
+    **NCSNPP_TRUNK_FIELDS,
+    "progressive": _choice("none", "none", "output_skip"),
+    "embedding_type": _choice("positional", "positional", "fourier"),
+    "fourier_scale": _float(16.0, 0.0, None, low_inclusive=False),
+    "scale_by_sigma": _bool(False),
 }
-_CHOICES = {
-    "resblock_type": ("biggan",),
-    "progressive": ("none", "output_skip"),
-    "progressive_input": ("none", "input_skip"),
-    "progressive_combine": ("sum", "cat"),
-    "embedding_type": ("positional", "fourier"),
+# fields every part has (image shape, latent size), and the top-level ones
+SHAPE_FIELDS: Dict[str, FieldSpec] = {
+    "image_size": _int(32, 1, MAX_SIZE),
+    "num_channels": _int(3, 1, MAX_SIZE),
+    "latent_dim": _int(200, 1, 65536),
 }
+LABEL_FIELDS: Dict[str, FieldSpec] = {
+    "num_classes": _int(10, 1, 1_000_000),
+    "latent_dim": SHAPE_FIELDS["latent_dim"],
+    "flow_num_steps": _int(100, 1, MAX_FLOW_STEPS),
+}
+FLOW_FIELDS: Dict[str, FieldSpec] = {
+    "image_flow_solver": _choice("dpm_solver++", *SOLVERS),
+    "image_flow_num_steps": _int(20, 1, MAX_FLOW_STEPS),
+    "image_flow_eps": _float(None, 0.0, 1.0, low_inclusive=False, high_inclusive=False, optional=True),
+    "prior_noise_scale": _float(1.0, 0.0),
+    "label_loss_cutoff": _float(0.2, 0.0, 1.0, high_inclusive=False),
+    "anchor_bank_size": _int(0, 0),
+}
+
+
+def _defaults(fields: Dict[str, FieldSpec]) -> Dict[str, Any]:
+    return {name: spec.default for name, spec in fields.items()}
+
+
+# defaults by part (the constructor kwargs of the torch modules; read by modeling and conversion)
+NCSNPP_TRUNK_DEFAULTS: Dict[str, Any] = _defaults(NCSNPP_TRUNK_FIELDS)
+ENCODER_DEFAULTS: Dict[str, Dict[str, Any]] = {kind: _defaults(fields) for kind, fields in ENCODER_FIELDS.items()}
+DECODER_DEFAULTS: Dict[str, Any] = _defaults(DECODER_FIELDS)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -87,18 +190,19 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def _positive_int(config, *names) -> None:
-    for name in names:
-        value = getattr(config, name)
-        _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, f"`{name}` must be a positive integer, got {value!r}")
+def _check_fields(config, fields: Dict[str, FieldSpec]) -> None:
+    for name, spec in fields.items():
+        spec.check(name, getattr(config, name))
+
+
+def _set_fields(config, fields: Dict[str, FieldSpec], kwargs: Dict[str, Any]) -> None:
+    """Set every field from `kwargs` (popped) or its default (copied)."""
+    for name, spec in fields.items():
+        setattr(config, name, copy.deepcopy(kwargs.pop(name, spec.default)))
 
 
 def _validate_ncsnpp_trunk(config) -> None:
-    _positive_int(config, "nf", "num_res_blocks", "image_size", "num_channels")
-    _require(
-        isinstance(config.ch_mult, (list, tuple)) and len(config.ch_mult) > 0 and all(isinstance(m, int) and m > 0 for m in config.ch_mult),
-        f"`ch_mult` must be a non-empty list of positive integers, got {config.ch_mult!r}",
-    )
+    """Relations between NCSN++ fields (each field's own type and range is checked by its FieldSpec)."""
     levels = len(config.ch_mult)
     _require(
         config.image_size % 2 ** (levels - 1) == 0,
@@ -108,10 +212,6 @@ def _validate_ncsnpp_trunk(config) -> None:
         all(config.nf * m % 4 == 0 for m in config.ch_mult),
         f"`nf` * `ch_mult` must be divisible by 4 (GroupNorm uses min(C // 4, 32) groups), got nf={config.nf}",
     )
-    _require(0.0 <= config.dropout < 1.0, f"`dropout` must be in [0, 1), got {config.dropout}")
-    for name, allowed in _CHOICES.items():
-        if hasattr(config, name):
-            _require(getattr(config, name) in allowed, f"`{name}` must be one of {allowed}, got {getattr(config, name)!r}")
 
 
 class LZNImageEncoderConfig(PreTrainedConfig):
@@ -135,29 +235,21 @@ class LZNImageEncoderConfig(PreTrainedConfig):
 
     model_type = "lzn_image_encoder"
 
-    def __init__(self, encoder_type: str = "ncsnpp", image_size: int = 32, num_channels: int = 3, latent_dim: int = 200, **kwargs):
-        if encoder_type not in ENCODER_DEFAULTS:
-            raise ValueError(f"`encoder_type` must be one of {tuple(ENCODER_DEFAULTS)}, got {encoder_type!r}")
+    def __init__(self, encoder_type: str = "ncsnpp", **kwargs):
+        _choice("ncsnpp", *ENCODER_FIELDS).check("encoder_type", encoder_type)
         self.encoder_type = encoder_type
-        self.image_size = image_size
-        self.num_channels = num_channels
-        self.latent_dim = latent_dim
-        for name, default in ENCODER_DEFAULTS[encoder_type].items():
-            setattr(self, name, copy.deepcopy(kwargs.pop(name, default)))
+        _set_fields(self, self.lzn_fields(), kwargs)
         super().__init__(**kwargs)
         self.validate_lzn()
 
+    def lzn_fields(self) -> Dict[str, FieldSpec]:
+        """The architecture fields of this encoder type (image shape, latent size, network)."""
+        return {**SHAPE_FIELDS, **ENCODER_FIELDS[self.encoder_type]}
+
     def validate_lzn(self) -> None:
-        _positive_int(self, "latent_dim", "head_num_layers")
+        _check_fields(self, self.lzn_fields())
         if self.encoder_type == "ncsnpp":
             _validate_ncsnpp_trunk(self)
-            _positive_int(self, "head_channels", "head_hidden_dim")
-        else:
-            _positive_int(self, "image_size", "num_channels", "width_multiplier", "num_groups")
-            _require(
-                isinstance(self.depths, (list, tuple)) and len(self.depths) > 0 and all(isinstance(n, int) and n > 0 for n in self.depths),
-                f"`depths` must be a non-empty list of positive integers, got {self.depths!r}",
-            )
 
 
 class LZNImageDecoderConfig(PreTrainedConfig):
@@ -174,17 +266,19 @@ class LZNImageDecoderConfig(PreTrainedConfig):
 
     model_type = "lzn_image_decoder"
 
-    def __init__(self, image_size: int = 32, num_channels: int = 3, latent_dim: int = 200, num_classes: int = 0, **kwargs):
-        self.image_size = image_size
-        self.num_channels = num_channels
-        self.latent_dim = latent_dim
-        self.num_classes = num_classes
-        for name, default in DECODER_DEFAULTS.items():
-            setattr(self, name, copy.deepcopy(kwargs.pop(name, default)))
+    def __init__(self, **kwargs):
+        _set_fields(self, self.lzn_fields(), kwargs)
         super().__init__(**kwargs)
+        self.validate_lzn()
+
+    @staticmethod
+    def lzn_fields() -> Dict[str, FieldSpec]:
+        """The architecture fields: image shape, latent size, `num_classes` (0 = unconditional), network."""
+        return {**SHAPE_FIELDS, "num_classes": _int(0, 0, LABEL_FIELDS["num_classes"].high), **DECODER_FIELDS}
+
+    def validate_lzn(self) -> None:
+        _check_fields(self, self.lzn_fields())
         _validate_ncsnpp_trunk(self)
-        _positive_int(self, "latent_dim")
-        _require(isinstance(num_classes, int) and num_classes >= 0, f"`num_classes` must be an integer >= 0, got {num_classes!r}")
 
 
 class LZNLabelAnchorsConfig(PreTrainedConfig):
@@ -199,17 +293,19 @@ class LZNLabelAnchorsConfig(PreTrainedConfig):
 
     model_type = "lzn_label_anchors"
 
-    def __init__(self, num_classes: int = 10, latent_dim: int = 200, flow_num_steps: int = 100, **kwargs):
-        self.num_classes = num_classes
-        self.latent_dim = latent_dim
-        self.flow_num_steps = flow_num_steps
+    def __init__(self, **kwargs):
+        _set_fields(self, LABEL_FIELDS, kwargs)
+        _check_fields(self, LABEL_FIELDS)
+        num_classes = self.num_classes
         if kwargs.get("id2label") is None:
-            kwargs["id2label"] = {i: str(i) for i in range(num_classes)} if isinstance(num_classes, int) and num_classes > 0 else None
-        if kwargs.get("label2id") is None and kwargs.get("id2label"):
+            kwargs["id2label"] = {i: str(i) for i in range(num_classes)}
+        if kwargs.get("label2id") is None:
             kwargs["label2id"] = {name: int(i) for i, name in kwargs["id2label"].items()}
         super().__init__(**kwargs)
-        _positive_int(self, "num_classes", "latent_dim", "flow_num_steps")
-        _require(len(self.id2label) == num_classes, f"`id2label` has {len(self.id2label)} entries, expected num_classes={num_classes}")
+        _require(
+            set(self.id2label) == set(range(num_classes)),
+            f"`id2label` must name the {num_classes} classes (keys 0..{num_classes - 1}), got keys {sorted(self.id2label)}",
+        )
 
 
 def _sub_config(value, config_class, name):
@@ -217,7 +313,10 @@ def _sub_config(value, config_class, name):
         return value
     if isinstance(value, dict):
         value = {k: v for k, v in value.items() if k != "model_type"}
-        return config_class(**value)
+        try:
+            return config_class(**value)
+        except ValueError as error:
+            raise ValueError(f"in `{name}`: {error}") from error
     raise ValueError(f"`{name}` must be a dict or a {config_class.__name__}, got {type(value).__name__}")
 
 
@@ -249,47 +348,54 @@ class LZNConfig(PreTrainedConfig):
         "label_anchors_config": LZNLabelAnchorsConfig,
     }
 
-    def __init__(
-        self,
-        image_encoder_config=None,
-        image_decoder_config=None,
-        label_anchors_config=None,
-        image_flow_solver: str = "dpm_solver++",
-        image_flow_num_steps: int = 20,
-        image_flow_eps: Optional[float] = None,
-        prior_noise_scale: float = 1.0,
-        label_loss_cutoff: float = 0.2,
-        anchor_bank_size: int = 0,
-        **kwargs,
-    ):
+    def __init__(self, image_encoder_config=None, image_decoder_config=None, label_anchors_config=None, **kwargs):
         self.image_encoder_config = _sub_config(image_encoder_config or {}, LZNImageEncoderConfig, "image_encoder_config")
         self.image_decoder_config = _sub_config(image_decoder_config, LZNImageDecoderConfig, "image_decoder_config")
         self.label_anchors_config = _sub_config(label_anchors_config, LZNLabelAnchorsConfig, "label_anchors_config")
-        self.image_flow_solver = image_flow_solver
-        self.image_flow_num_steps = image_flow_num_steps
-        self.image_flow_eps = image_flow_eps
-        self.prior_noise_scale = prior_noise_scale
-        self.label_loss_cutoff = label_loss_cutoff
-        self.anchor_bank_size = anchor_bank_size
-        if self.label_anchors_config is not None and kwargs.get("id2label") is None:
-            kwargs["id2label"] = dict(self.label_anchors_config.id2label)
-            kwargs["label2id"] = dict(self.label_anchors_config.label2id)
+        _set_fields(self, FLOW_FIELDS, kwargs)
+        if self.label_anchors_config is not None:
+            num_labels = kwargs.pop("num_labels", None)
+            if num_labels is not None:
+                self._check_num_labels(num_labels)
+            if kwargs.get("id2label") is None:
+                kwargs["id2label"] = dict(self.label_anchors_config.id2label)
+                kwargs["label2id"] = dict(self.label_anchors_config.label2id)
         super().__init__(**kwargs)
         self.validate_lzn()
 
+    def _check_num_labels(self, num_labels) -> None:
+        classes = self.label_anchors_config.num_classes
+        _require(
+            num_labels == classes,
+            f"`num_labels`={num_labels!r} does not match the label anchors' num_classes={classes}: the classes are fixed "
+            "by the trained label anchors (rename them with `id2label`, same length)",
+        )
+
+    @property
+    def num_labels(self) -> Optional[int]:
+        """Number of classes (the label anchors'); setting a different number raises (the anchors are fixed)."""
+        return PreTrainedConfig.num_labels.fget(self)
+
+    @num_labels.setter
+    def num_labels(self, num_labels: int) -> None:
+        if getattr(self, "label_anchors_config", None) is not None:
+            self._check_num_labels(num_labels)
+        PreTrainedConfig.num_labels.fset(self, num_labels)
+
     def validate_lzn(self) -> None:
-        _require(self.image_flow_solver in SOLVERS, f"`image_flow_solver` must be one of {SOLVERS}, got {self.image_flow_solver!r}")
-        _positive_int(self, "image_flow_num_steps")
-        _require(self.image_flow_eps is None or 0.0 < self.image_flow_eps < 1.0, f"`image_flow_eps` must be in (0, 1), got {self.image_flow_eps}")
-        _require(self.prior_noise_scale >= 0.0, f"`prior_noise_scale` must be >= 0, got {self.prior_noise_scale}")
-        _require(0.0 <= self.label_loss_cutoff < 1.0, f"`label_loss_cutoff` must be in [0, 1), got {self.label_loss_cutoff}")
-        _require(isinstance(self.anchor_bank_size, int) and self.anchor_bank_size >= 0, f"`anchor_bank_size` must be an integer >= 0, got {self.anchor_bank_size!r}")
+        _check_fields(self, FLOW_FIELDS)
         latent_dim = self.image_encoder_config.latent_dim
         for name in ("image_decoder_config", "label_anchors_config"):
             part = getattr(self, name)
             if part is not None:
                 _require(part.latent_dim == latent_dim, f"`{name}.latent_dim` is {part.latent_dim} but the image encoder's is {latent_dim}")
         decoder, labels = self.image_decoder_config, self.label_anchors_config
+        if labels is not None:
+            _require(
+                self.id2label is not None and set(self.id2label) == set(range(labels.num_classes)),
+                f"`id2label` must name the {labels.num_classes} classes of the label anchors (keys 0..{labels.num_classes - 1}), "
+                f"got keys {sorted(self.id2label or {})}",
+            )
         if decoder is not None and decoder.num_classes > 0:
             _require(labels is not None, "a label-conditional image decoder (num_classes > 0) needs `label_anchors_config`")
             _require(labels.num_classes == decoder.num_classes, f"decoder has num_classes={decoder.num_classes} but label anchors have {labels.num_classes}")

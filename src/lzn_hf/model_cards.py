@@ -187,7 +187,7 @@ def _usage(kind: str, facts: Mapping[str, Any], reference: str) -> str:
         pixels,
         "with torch.no_grad():",
         "    anchors = model.get_image_anchors(pixel_values)    # [B, d], batch-independent",
-        "    features = model.get_image_features(pixel_values)  # [B, F], the representation",
+        "    features = model.get_image_features(pixel_values).pooler_output  # [B, F], the representation",
         "    latents = model.get_image_latents(pixel_values, generator=torch.manual_seed(0))  # [B, d], zones of this batch",
     ]
     if names:

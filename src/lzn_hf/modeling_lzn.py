@@ -17,6 +17,7 @@ Imports only torch, transformers and sibling modules (Hub remote code copies exa
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
 
+from ._checks import is_tracing  # imported here too: a code-carrying pipeline folder needs every sibling imported directly
 from .configuration_lzn import (
     DECODER_DEFAULTS,
     ENCODER_DEFAULTS,
@@ -39,7 +41,7 @@ from .configuration_lzn import (
 )
 from .latent_flow import anchors_to_latents, latents_to_anchors, nearest_anchor
 from .model_cards import prepare_upload, write_model_card
-from .ncsnpp import GaussianFourierProjection, NCSNppDecoder, NCSNppEncoder, variance_scaling_bound
+from .ncsnpp import GaussianFourierProjection, NCSNppDecoder, NCSNppEncoder, time_dtype, variance_scaling_bound
 from .resnet_gn import ResNetGNEncoder
 
 __all__ = [
@@ -65,10 +67,13 @@ NUM_TRAIN_TIMESTEPS = 1000
 @dataclass
 class LZNImageEncoderOutput(ModelOutput):
     """anchors `[B, d]`; pooler_output `[B, F]`: the image representation (ResNet: the pooled 2048-d
-    backbone feature used for linear probes; NCSN++: the anchors). Neither depends on batch-mates."""
+    backbone feature used for linear probes; NCSN++: the anchors). Neither depends on batch-mates.
+    hidden_states (with `output_hidden_states=True`): the encoder's intermediate feature maps
+    `[B, C_k, H_k, W_k]`, input side first (NCSN++: every map a latent head may read; ResNet: stem and stages)."""
 
     anchors: Optional[torch.Tensor] = None
     pooler_output: Optional[torch.Tensor] = None
+    hidden_states: Optional[tuple] = None
 
 
 @dataclass
@@ -97,11 +102,13 @@ class LZNLatentClassificationOutput(ModelOutput):
 @dataclass
 class LZNModelOutput(ModelOutput):
     """anchors `[B, d]`, pooler_output `[B, F]` (the representation, see `LZNImageEncoderOutput`) and, when
-    asked for, latents `[B, d]` (against the batch's anchors unless reference anchors are given)."""
+    asked for, latents `[B, d]` (against the batch's anchors unless reference anchors are given) and the
+    encoder's feature maps `hidden_states` (see `LZNImageEncoderOutput`)."""
 
     anchors: Optional[torch.Tensor] = None
     pooler_output: Optional[torch.Tensor] = None
     latents: Optional[torch.Tensor] = None
+    hidden_states: Optional[tuple] = None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -120,6 +127,8 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size
         raise TypeError(
             f"`pixel_values` must be floats in [-1, 1], got dtype {pixel_values.dtype}; convert uint8 images with x / 127.5 - 1"
         )
+    if is_tracing():
+        return
     if not torch.isfinite(pixel_values).all():
         raise ValueError("`pixel_values` contains NaN or Inf")
     low, high = pixel_values.min().item(), pixel_values.max().item()
@@ -127,15 +136,28 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size
         raise ValueError(f"`pixel_values` must be in [-1, 1], got values in [{low:.3g}, {high:.3g}]")
 
 
-def check_labels(labels, num_classes: int) -> torch.Tensor:
-    """Integer class labels `[B]` in [0, num_classes)."""
+def _check_float_tensor(name: str, tensor, shape: tuple) -> None:
+    """A finite floating-point tensor of `shape` (a letter: any size); NaN / Inf checked in eager mode only."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.ndim != len(shape) or any(isinstance(size, int) and actual != size for actual, size in zip(tensor.shape, shape)):
+        expected = ", ".join(map(str, shape))
+        raise ValueError(f"`{name}` must have shape [{expected}], got {tuple(tensor.shape)}")
+    if not tensor.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor, got dtype {tensor.dtype}")
+    if not is_tracing() and not torch.isfinite(tensor).all():
+        raise ValueError(f"`{name}` contains NaN or Inf")
+
+
+def check_labels(labels, num_classes: int, name: str = "labels") -> torch.Tensor:
+    """Integer class labels `[B]` in [0, num_classes); errors name the argument `name`."""
     labels = torch.as_tensor(labels)
     if labels.ndim != 1 or labels.numel() == 0:
-        raise ValueError(f"`labels` must be a non-empty 1-D sequence of class indices, got shape {tuple(labels.shape)}")
+        raise ValueError(f"`{name}` must be a non-empty 1-D sequence of class indices, got shape {tuple(labels.shape)}")
     if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise TypeError(f"`labels` must be integers, got dtype {labels.dtype}")
-    if (labels < 0).any() or (labels >= num_classes).any():
-        raise ValueError(f"`labels` must be in [0, {num_classes}), got {labels.tolist()}")
+        raise TypeError(f"`{name}` must be integers, got dtype {labels.dtype}")
+    if not is_tracing() and ((labels < 0).any() or (labels >= num_classes).any()):
+        raise ValueError(f"`{name}` must be in [0, {num_classes}), got {labels.tolist()}")
     return labels.long()
 
 
@@ -152,12 +174,14 @@ class LZNPreTrainedModel(PreTrainedModel):
     _no_split_modules = []
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: bool = True, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: Optional[bool] = None, **kwargs):
         """`PreTrainedModel.from_pretrained`, but strict by default: a checkpoint whose keys do not match the
         architecture (missing, unexpected or mismatched weights) raises a `ValueError` listing them instead of
         silently re-initialising; a corrupt weights file raises a `ValueError` naming it. `strict=False`
-        restores transformers' lenient behaviour."""
+        restores transformers' lenient behaviour. With `output_loading_info=True` the default is lenient:
+        `(model, info)` comes back for the caller to inspect (`strict=True` still raises)."""
         output_loading_info = kwargs.pop("output_loading_info", False)
+        strict = not output_loading_info if strict is None else strict
         try:
             model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
         except Exception as error:
@@ -210,11 +234,17 @@ class LZNPreTrainedModel(PreTrainedModel):
             init.normal_(module.W, std=module.scale)
         elif isinstance(module, LZNLabelAnchors):
             init.normal_(module.anchors)
+        elif isinstance(module, LZNForImageClassification) and module.anchor_bank is not None:
+            init.zeros_(module.anchor_bank)  # an empty bank until `build_anchor_bank` (or the checkpoint) fills it
 
 
 # ----------------------------------------------------------------------------------------------------------
 # parts
 # ----------------------------------------------------------------------------------------------------------
+def _use_return_dict(config, return_dict: Optional[bool]) -> bool:
+    return config.return_dict if return_dict is None else return_dict
+
+
 def _config_kwargs(config, names) -> dict:
     """The config fields `names` as constructor kwargs of the torch modules (lists become tuples)."""
     return {name: tuple(getattr(config, name)) if isinstance(getattr(config, name), list) else getattr(config, name) for name in names}
@@ -251,17 +281,29 @@ class LZNImageEncoder(LZNPreTrainedModel):
         """Size of `pooler_output`: the ResNet's pooled feature, or the latent dimension for NCSN++."""
         return self.network.feature_dim if self.config.encoder_type == "resnet_gn" else self.config.latent_dim
 
-    def forward(self, pixel_values: torch.Tensor, return_dict: Optional[bool] = None) -> Union[LZNImageEncoderOutput, tuple]:
-        """pixel_values `[B, C, H, W]` in [-1, 1] -> anchors `[B, d]`, pooler_output `[B, F]`."""
+    def forward(
+        self, pixel_values: torch.Tensor, output_hidden_states: Optional[bool] = None, return_dict: Optional[bool] = None
+    ) -> Union[LZNImageEncoderOutput, tuple]:
+        """pixel_values `[B, C, H, W]` in [-1, 1] -> anchors `[B, d]`, pooler_output `[B, F]` and, with
+        `output_hidden_states=True`, the intermediate feature maps `hidden_states` (a tuple)."""
         image_size = self.config.image_size if self.config.encoder_type == "ncsnpp" else None
         check_pixel_values(pixel_values, self.config.num_channels, image_size)
+        pixel_values = pixel_values.to(self.dtype)  # the network's dtype (as transformers' vision models do)
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        maps = None
         if self.config.encoder_type == "resnet_gn":
-            anchors, features = self.network.forward_with_features(pixel_values)  # [B, d], [B, 2048]
+            if output_hidden_states:
+                maps = self.network.forward_feature_maps(pixel_values)
+                features = maps[-1].mean(dim=(2, 3))  # [B, 2048]
+                anchors = self.network.forward_head(features)  # [B, d]
+            else:
+                anchors, features = self.network.forward_with_features(pixel_values)  # [B, d], [B, 2048]
         else:
-            anchors = features = self.network(pixel_values)  # [B, d]
-        if not (self.config.return_dict if return_dict is None else return_dict):
-            return anchors, features
-        return LZNImageEncoderOutput(anchors=anchors, pooler_output=features)
+            maps = self.network.forward_features(pixel_values)
+            anchors = features = self.network.forward_heads(maps)  # [B, d]
+        hidden_states = tuple(maps) if output_hidden_states else None
+        output = LZNImageEncoderOutput(anchors=anchors, pooler_output=features, hidden_states=hidden_states)
+        return output if _use_return_dict(self.config, return_dict) else output.to_tuple()
 
 
 class LZNImageDecoder(LZNPreTrainedModel):
@@ -274,6 +316,9 @@ class LZNImageDecoder(LZNPreTrainedModel):
 
     config_class = LZNImageDecoderConfig
     main_input_name = "sample"
+    # Fourier frequencies (|W| up to ~50, multiplied by log(999 t) * 2 pi) lose whole radians in half precision:
+    # `from_pretrained(..., dtype=torch.float16 / torch.bfloat16)` keeps them float32.
+    _keep_in_fp32_modules_strict = ["time_proj"]
 
     def __init__(self, config: LZNImageDecoderConfig):
         super().__init__(config)
@@ -285,6 +330,11 @@ class LZNImageDecoder(LZNPreTrainedModel):
             **_config_kwargs(config, DECODER_DEFAULTS),
         )
         self.post_init()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the network computes in (its convolutions'; the Fourier frequencies may stay float32)."""
+        return self.network.conv_in.weight.dtype
 
     def forward(
         self,
@@ -305,29 +355,52 @@ class LZNImageDecoder(LZNPreTrainedModel):
             velocity `noise - data`, `[B, C, H, W]`, in `.sample`.
         """
         config = self.config
-        if sample.ndim != 4 or tuple(sample.shape[1:]) != (config.num_channels, config.image_size, config.image_size):
-            raise ValueError(
-                f"`sample` must have shape [B, {config.num_channels}, {config.image_size}, {config.image_size}], got {tuple(sample.shape)}"
-            )
-        if latents.ndim != 2 or latents.shape != (sample.shape[0], config.latent_dim):
-            raise ValueError(f"`latents` must have shape [{sample.shape[0]}, {config.latent_dim}], got {tuple(latents.shape)}")
-        if class_labels is not None and class_labels.ndim == 1:
-            class_labels = check_labels(class_labels, config.num_classes) if config.num_classes else class_labels
-        velocity = -self.upstream_velocity(sample, self.upstream_time(timestep, sample), latents, class_labels)
+        _check_float_tensor("sample", sample, ("B", config.num_channels, config.image_size, config.image_size))
+        batch = sample.shape[0]
+        _check_float_tensor("latents", latents, (batch, config.latent_dim))
+        class_labels = self._check_class_labels(class_labels, batch)
+        t = self.upstream_time(timestep, sample)
+        sample, latents = sample.to(self.dtype), latents.to(self.dtype)  # the network's dtype
+        velocity = -self.upstream_velocity(sample, t, latents, class_labels)
         if not return_dict:
             return (velocity,)
         return LZNImageDecoderOutput(sample=velocity)
 
     @staticmethod
     def upstream_time(timestep: Union[torch.Tensor, float], sample: torch.Tensor) -> torch.Tensor:
-        """diffusers' `timestep = sigma * 1000` -> upstream's time `t = 1 - sigma` (0 = noise), `[B]`."""
+        """diffusers' `timestep = sigma * 1000` -> upstream's time `t = 1 - sigma` (0 = noise), `[B]`, in float32
+        (float64 for a float64 `sample`) whatever the network's dtype."""
+        if isinstance(timestep, bool) or not isinstance(timestep, (torch.Tensor, int, float)):
+            raise TypeError(f"`timestep` must be a number or a tensor, got {type(timestep).__name__}")
         timestep = torch.as_tensor(timestep, device=sample.device, dtype=torch.float64)
+        if not is_tracing() and not ((timestep >= 0) & (timestep <= NUM_TRAIN_TIMESTEPS)).all():  # NaN fails too
+            raise ValueError(f"`timestep` must be sigma * {NUM_TRAIN_TIMESTEPS} in [0, {NUM_TRAIN_TIMESTEPS}], got {timestep.tolist()}")
         t = 1.0 - timestep / NUM_TRAIN_TIMESTEPS  # computed in float64: t near 1e-3 keeps its digits
         if t.numel() == 1:
-            return t.reshape(()).expand(sample.shape[0]).to(sample.dtype)
+            return t.reshape(()).expand(sample.shape[0]).to(time_dtype(sample.dtype))
         if t.shape != (sample.shape[0],):
             raise ValueError(f"`timestep` must be a scalar or have shape [{sample.shape[0]}], got {tuple(t.shape)}")
-        return t.to(sample.dtype)
+        return t.to(time_dtype(sample.dtype))
+
+    def _check_class_labels(self, class_labels: Optional[torch.Tensor], batch: int) -> Optional[torch.Tensor]:
+        """`[B]` class indices in [0, num_classes) or `[B, num_classes]` floats (one-hot); None iff unconditional."""
+        num_classes = self.config.num_classes
+        if num_classes == 0:
+            if class_labels is not None:
+                raise ValueError("this decoder is unconditional (num_classes=0): `class_labels` must be None")
+            return None
+        if class_labels is None:
+            raise ValueError(f"this decoder is label-conditional (num_classes={num_classes}): pass `class_labels` [B]")
+        if not isinstance(class_labels, torch.Tensor):
+            raise TypeError(f"`class_labels` must be a torch.Tensor, got {type(class_labels).__name__}")
+        if class_labels.ndim == 2 and class_labels.is_floating_point():
+            _check_float_tensor("class_labels", class_labels, (batch, num_classes))
+            return class_labels
+        if class_labels.ndim != 1 or class_labels.shape[0] != batch:
+            raise ValueError(
+                f"`class_labels` must be [{batch}] class indices or [{batch}, {num_classes}] one-hot floats, got shape {tuple(class_labels.shape)}"
+            )
+        return check_labels(class_labels, num_classes, "class_labels")
 
     def upstream_velocity(self, sample, t, latents, class_labels=None) -> torch.Tensor:
         """Upstream's orientation: `x_t = t * data + (1 - t) * noise`, `t` `[B]` in [0, 1], returns `data - noise`."""
@@ -359,8 +432,10 @@ class LZNLabelAnchors(LZNPreTrainedModel):
         """Class indices `[B]` -> latents `[B, d]`: forward Euler flow over the label anchors from
         `1e-4 * noise + (1 - 1e-4) * anchor`, uniform weights, `flow_num_steps` steps (lzn-method.md §2.5)."""
         own = self(labels)  # [B, d]
-        noise = _noise_like(own, noise, generator)
-        return anchors_to_latents(own, noise, self.anchors, num_steps=self.config.flow_num_steps, solver="euler")
+        own_flow, table = _for_flow(own, self.anchors)
+        noise = _noise_like(own_flow, noise, generator)
+        latents = anchors_to_latents(own_flow, noise, table, num_steps=self.config.flow_num_steps, solver="euler")
+        return latents.to(own.dtype)
 
     def classify_latents(
         self, latents: torch.Tensor, class_weights: Optional[torch.Tensor] = None, return_dict: bool = True
@@ -369,11 +444,26 @@ class LZNLabelAnchors(LZNPreTrainedModel):
 
         `class_weights` `[C]` (optional) weight the classes in the flow (upstream: the batch label histogram).
         """
-        points, posteriors = latents_to_anchors(latents, self.anchors, self.config.flow_num_steps, class_weights)
+        latents_flow, table = _for_flow(latents, self.anchors)
+        if class_weights is not None:
+            class_weights = class_weights.to(device=table.device, dtype=table.dtype)
+        points, posteriors = latents_to_anchors(latents_flow, table, self.config.flow_num_steps, class_weights)
         logits = posteriors[-1].clamp_min(torch.finfo(posteriors.dtype).tiny).log()  # [B, C]
-        predictions = nearest_anchor(points, self.anchors)  # [B]
-        output = LZNLatentClassificationOutput(logits=logits, posteriors=posteriors, predictions=predictions, points=points)
+        predictions = nearest_anchor(points, table)  # [B]
+        dtype = latents.dtype  # the caller's
+        output = LZNLatentClassificationOutput(
+            logits=logits.to(dtype), posteriors=posteriors.to(dtype), predictions=predictions, points=points.to(dtype)
+        )
         return output if return_dict else output.to_tuple()
+
+
+def _for_flow(*tensors: Optional[torch.Tensor]):
+    """`tensors` in the latent flows' dtype: float32, or float64 when the first is float64 (None stays None).
+
+    The flows' logits reach 1e9 at small t and overflow float16; they are cheap, so half-precision models
+    run them in float32 and hand the caller's dtype back."""
+    dtype = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
+    return tuple(None if tensor is None else tensor.to(dtype) for tensor in tensors)
 
 
 def _noise_like(reference: torch.Tensor, noise: Optional[torch.Tensor], generator) -> torch.Tensor:
@@ -397,9 +487,15 @@ class LZNLatentSpaceMixin:
         """pixel_values `[B, C, H, W]` in [-1, 1] -> anchors `[B, d]`."""
         return self.image_encoder(pixel_values, return_dict=True).anchors
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The representation `[B, F]`: the ResNet's pooled backbone feature, or the NCSN++ anchors."""
-        return self.image_encoder(pixel_values, return_dict=True).pooler_output
+    def get_image_features(
+        self, pixel_values: torch.Tensor, output_hidden_states: Optional[bool] = None, return_dict: Optional[bool] = None
+    ) -> Union[LZNImageEncoderOutput, tuple]:
+        """The image encoder's output, as transformers 5 vision models return it: `pooler_output` `[B, F]` is the
+        representation (the ResNet's pooled backbone feature, or the NCSN++ anchors), beside `anchors` `[B, d]`
+        and, when asked for, `hidden_states`. A tuple `(anchors, pooler_output[, hidden_states])` with
+        `return_dict=False`."""
+        hidden = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return self.image_encoder(pixel_values, output_hidden_states=hidden, return_dict=_use_return_dict(self.config, return_dict))
 
     def get_image_latents(
         self,
@@ -424,9 +520,14 @@ class LZNLatentSpaceMixin:
             if pixel_values is None:
                 raise ValueError("pass `pixel_values` or `anchors`")
             anchors = self.get_image_anchors(pixel_values)
-        noise = self.config.prior_noise_scale * _noise_like(anchors, noise, generator)
-        return anchors_to_latents(
-            anchors,
+        else:
+            _check_float_tensor("anchors", anchors, ("B", self.config.latent_dim))
+        if reference_anchors is not None:
+            _check_float_tensor("reference_anchors", reference_anchors, ("N", self.config.latent_dim))
+        anchors_flow, reference_anchors = _for_flow(anchors, reference_anchors)
+        noise = self.config.prior_noise_scale * _noise_like(anchors_flow, noise, generator)
+        latents = anchors_to_latents(
+            anchors_flow,
             noise,
             reference_anchors,
             num_steps=self.config.image_flow_num_steps,
@@ -434,6 +535,7 @@ class LZNLatentSpaceMixin:
             eps=self.config.image_flow_eps,
             append_own_anchor=append_own_anchor,
         )
+        return latents.to(anchors.dtype)
 
     def _require_label_anchors(self) -> "LZNLabelAnchors":
         if self.label_anchors is None:
@@ -462,6 +564,8 @@ class LZNModel(LZNLatentSpaceMixin, LZNPreTrainedModel):
 
     config_class = LZNConfig
     _lzn_model_card = "model"
+    # an `LZNForImageClassification` folder: its reference-anchor bank is not part of the model
+    _keys_to_ignore_on_load_unexpected = [r"^anchor_bank$"]
 
     def __init__(self, config: LZNConfig):
         super().__init__(config)
@@ -477,16 +581,18 @@ class LZNModel(LZNLatentSpaceMixin, LZNPreTrainedModel):
         noise: Optional[torch.Tensor] = None,
         reference_anchors: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
+        output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
     ) -> Union[LZNModelOutput, tuple]:
         """Images `[B, C, H, W]` -> anchors `[B, d]`, pooler_output `[B, F]` and, with `output_latents=True`,
-        latents `[B, d]` (zones of the batch's anchors unless `reference_anchors` is given)."""
-        encoded = self.image_encoder(pixel_values, return_dict=True)
+        latents `[B, d]` (zones of the batch's anchors unless `reference_anchors` is given), with
+        `output_hidden_states=True` the encoder's feature maps."""
+        encoded = self.get_image_features(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         latents = None
         if output_latents:
             latents = self.get_image_latents(anchors=encoded.anchors, noise=noise, reference_anchors=reference_anchors, generator=generator)
-        output = LZNModelOutput(anchors=encoded.anchors, pooler_output=encoded.pooler_output, latents=latents)
-        return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
+        output = LZNModelOutput(anchors=encoded.anchors, pooler_output=encoded.pooler_output, latents=latents, hidden_states=encoded.hidden_states)
+        return output if _use_return_dict(self.config, return_dict) else output.to_tuple()
 
 
 class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
@@ -495,14 +601,18 @@ class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
     Two modes:
 
     * **anchor bank** (default once :meth:`build_anchor_bank` has stored reference anchors of training
-      images): each image's latent is computed against the bank plus its own anchor, with zero prior noise
-      (the zone centre) unless `noise` is given. Deterministic; an image gets the same prediction alone or
-      in any batch. This is what `pipeline("image-classification")` uses.
-    * **upstream's batch mode** (`use_anchor_bank=False`, or no bank): latents against the anchors of the
-      batch itself, with random prior noise; predictions depend on the batch-mates. Use batches of the
-      training size (2000 for CIFAR-10) to reproduce the paper.
+      images): each image's latent is computed against the bank plus its own anchor. An image gets the same
+      prediction alone or in any batch. This is what `pipeline("image-classification")` uses.
+    * **batch mode** (`use_anchor_bank=False`, or no bank): latents against the anchors of the batch itself
+      (or `reference_anchors`); predictions depend on the batch-mates. Upstream's evaluation is this mode
+      with random prior noise (`random_noise=True`), in batches of the training size (2000 for CIFAR-10).
 
-    Loads from an :class:`LZNModel` checkpoint (decoder weights ignored). Logits are log posteriors.
+    In both modes the prior noise is zero (each latent is its zone's centre), so a call is deterministic,
+    unless `noise` is given or `random_noise=True` draws N(0, I) noise (with `generator`).
+
+    Loads from an :class:`LZNModel` checkpoint (decoder weights ignored); its config holds no decoder (a copy of
+    the given config without `image_decoder_config`), so an :class:`LZNModel` loads from a classifier folder.
+    Logits are log posteriors.
     """
 
     config_class = LZNConfig
@@ -510,9 +620,12 @@ class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [r"image_decoder\..*"]
 
     def __init__(self, config: LZNConfig):
-        super().__init__(config)
         if config.label_anchors_config is None:
             raise ValueError("LZNForImageClassification needs `label_anchors_config` in the config")
+        if config.image_decoder_config is not None:  # the classifier holds no decoder: say so in its own config
+            config = copy.deepcopy(config)
+            config.image_decoder_config = None
+        super().__init__(config)
         self.image_encoder = LZNImageEncoder(config.image_encoder_config)
         self.label_anchors = LZNLabelAnchors(config.label_anchors_config)
         bank = torch.zeros(config.anchor_bank_size, config.latent_dim) if config.anchor_bank_size > 0 else None
@@ -537,6 +650,8 @@ class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
         noise: Optional[torch.Tensor] = None,
         reference_anchors: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
+        random_noise: bool = False,
+        output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
     ) -> Union[ImageClassifierOutput, tuple]:
         """pixel_values `[B, C, H, W]` -> `ImageClassifierOutput` with `logits` `[B, C]` (log posteriors).
@@ -544,20 +659,29 @@ class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
         Args:
             use_anchor_bank: default: True when a bank is stored (and no `reference_anchors` are given).
             class_weights: `[C]` class weights of the reverse label flow (upstream's weighted evaluation).
-            noise: `[B, d]` N(0, I) prior noise; default zeros in bank mode, random in batch mode.
+            noise: `[B, d]` N(0, I) prior noise; default zeros (the zone centres).
             reference_anchors: `[N, d]` anchors defining the zones in batch mode (default: the batch's).
+            generator: draws the noise when `random_noise=True`.
+            random_noise: draw N(0, I) prior noise instead of zeros (upstream's evaluation, with
+                `use_anchor_bank=False`); predictions then vary from call to call unless `generator` is seeded.
+            output_hidden_states: also return the encoder's feature maps as `hidden_states`.
         """
         if use_anchor_bank is None:
             use_anchor_bank = self.anchor_bank is not None and reference_anchors is None
-        anchors = self.get_image_anchors(pixel_values)
+        if random_noise and noise is not None:
+            raise ValueError("pass `noise` or `random_noise=True`, not both")
+        encoded = self.get_image_features(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        anchors = encoded.anchors
+        if noise is None and not random_noise:
+            noise = torch.zeros_like(anchors)
         if use_anchor_bank:
             if self.anchor_bank is None:
                 raise ValueError("no anchor bank stored: call `build_anchor_bank(training_images)` or pass use_anchor_bank=False")
-            noise = torch.zeros_like(anchors) if noise is None else noise
-            latents = self.get_image_latents(anchors=anchors, noise=noise, reference_anchors=self.anchor_bank, append_own_anchor=True)
+            latents = self.get_image_latents(
+                anchors=anchors, noise=noise, reference_anchors=self.anchor_bank, generator=generator, append_own_anchor=True
+            )
         else:
             latents = self.get_image_latents(anchors=anchors, noise=noise, reference_anchors=reference_anchors, generator=generator)
         logits = self.classify_latents(latents, class_weights).logits
-        if not (self.config.return_dict if return_dict is None else return_dict):
-            return (logits,)
-        return ImageClassifierOutput(logits=logits)
+        output = ImageClassifierOutput(logits=logits, hidden_states=encoded.hidden_states)
+        return output if _use_return_dict(self.config, return_dict) else output.to_tuple()

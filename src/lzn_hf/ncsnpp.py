@@ -46,6 +46,7 @@ __all__ = [
     "downsample_2d",
     "naive_upsample_2d",
     "naive_downsample_2d",
+    "time_dtype",
     "timestep_embedding",
     "GaussianFourierProjection",
     "ResnetBlockBigGAN",
@@ -202,12 +203,22 @@ def _pyramid_upsample(x: torch.Tensor, fir: bool, fir_kernel: Sequence[float]) -
 # --------------------------------------------------------------------------------------------------
 
 
+def time_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype time values and time embeddings are computed in: float64 for float64 networks, else float32.
+
+    sin/cos of ``999 t`` need float32 digits; in float16 (spacing 0.5 near 999) they would be noise. The
+    embedding is cast to the network's dtype only after it is computed."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_positions: int = 10000) -> torch.Tensor:
-    """Sinusoidal embedding ``[sin(t * f_i), cos(t * f_i)]``: ``[B] -> [B, dim]`` (sine half first)."""
+    """Sinusoidal embedding ``[sin(t * f_i), cos(t * f_i)]``: ``[B] -> [B, dim]`` (sine half first), computed
+    in :func:`time_dtype` of ``timesteps`` (float32, or float64 for float64 input)."""
+    dtype = time_dtype(timesteps.dtype)
     half_dim = dim // 2
     exponent = math.log(max_positions) / (half_dim - 1)
-    freqs = torch.exp(torch.arange(half_dim, dtype=torch.float32, device=timesteps.device) * -exponent)
-    args = timesteps.float()[:, None] * freqs[None, :]  # [B, half_dim]
+    freqs = torch.exp(torch.arange(half_dim, dtype=dtype, device=timesteps.device) * -exponent)
+    args = timesteps.to(dtype)[:, None] * freqs[None, :]  # [B, half_dim]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # [B, 2 * half_dim]
     if dim % 2 == 1:
         emb = F.pad(emb, (0, 1))
@@ -226,7 +237,9 @@ class GaussianFourierProjection(nn.Module):
         self.W = nn.Parameter(torch.randn(embedding_size) * scale, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_proj = x[:, None] * self.W[None, :] * 2 * math.pi  # [B, E]
+        """``[B]`` -> ``[B, 2E]`` in :func:`time_dtype` of ``x`` (float32 for half-precision weights)."""
+        dtype = time_dtype(x.dtype)
+        x_proj = x.to(dtype)[:, None] * self.W.to(dtype)[None, :] * 2 * math.pi  # [B, E]
         return torch.cat([torch.sin(x_proj), torch.cos(x_proj)], dim=-1)  # [B, 2E]
 
 
@@ -729,7 +742,10 @@ class NCSNppEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``pixel_values [B, C, H, W] in [-1, 1] -> anchors [B, latent_dim]``."""
-        features = self.forward_features(pixel_values)
+        return self.forward_heads(self.forward_features(pixel_values))
+
+    def forward_heads(self, features: List[torch.Tensor]) -> torch.Tensor:
+        """The stored feature maps of :meth:`forward_features` -> anchors ``[B, latent_dim]`` (sum of the heads)."""
         anchors = None
         for k, head in zip(self.head_feature_indices, self.heads):
             head_out = head(features[k])  # [B, latent_dim]
@@ -884,7 +900,8 @@ class NCSNppDecoder(nn.Module):
             ``[B, C, H, W]`` velocity.
         """
         batch = sample.shape[0]
-        timesteps = torch.as_tensor(timesteps, dtype=sample.dtype, device=sample.device)
+        dtype = self.conv_in.weight.dtype  # the network's dtype; time is computed in float32 (float64) first
+        timesteps = torch.as_tensor(timesteps, dtype=time_dtype(dtype), device=sample.device)
         if timesteps.dim() == 0:
             timesteps = timesteps.expand(batch)
         sigmas = timesteps.clamp(0.0, 1.0) * _TIME_SCALE  # [B]
@@ -893,6 +910,8 @@ class NCSNppDecoder(nn.Module):
             time_emb = self.time_proj(torch.log(sigmas))  # [B, 2 nf]
         else:
             time_emb = timestep_embedding(sigmas, self.nf)  # [B, nf]
+        time_emb = time_emb.to(dtype)
+        latents = latents.to(dtype)
         if self.num_classes > 0:
             if class_labels is None:
                 raise ValueError(
@@ -900,7 +919,7 @@ class NCSNppDecoder(nn.Module):
                 )
             if class_labels.dim() == 1 and not class_labels.is_floating_point():
                 class_labels = F.one_hot(class_labels, self.num_classes)
-            condition = torch.cat([latents, class_labels.to(latents.dtype), time_emb], dim=1)
+            condition = torch.cat([latents, class_labels.to(dtype), time_emb], dim=1)
         else:
             if class_labels is not None:
                 raise ValueError("this decoder is unconditional (num_classes=0); class_labels must be None")
@@ -924,6 +943,6 @@ class NCSNppDecoder(nn.Module):
             velocity = pyramid  # [B, C, H, W]
         else:
             velocity = self.conv_out(F.silu(self.norm_out(hidden_states)))  # [B, C, H, W]
-        if self.scale_by_sigma:
-            velocity = velocity / sigmas.reshape(batch, 1, 1, 1)
+        if self.scale_by_sigma:  # divided in float32: 999 t spans 1 to 999
+            velocity = (velocity.to(sigmas.dtype) / sigmas.reshape(batch, 1, 1, 1)).to(velocity.dtype)
         return velocity

@@ -328,15 +328,22 @@ class ResNetGNEncoder(nn.Module):
         Returns:
             ``[B, feature_dim]`` globally average-pooled backbone output (2048-d for ResNet-50).
         """
-        hidden = (pixel_values + 1.0) / 2.0
-        modules = self._backbone_modules()
         if self.gradient_checkpointing and torch.is_grad_enabled():
+            modules = self._backbone_modules()
             segments = max(1, min(self.gradient_checkpointing_segments, len(modules)))
-            hidden = checkpoint_sequential(modules, segments, hidden, use_reentrant=False)
+            hidden = checkpoint_sequential(modules, segments, (pixel_values + 1.0) / 2.0, use_reentrant=False)
         else:
-            for module in modules:
-                hidden = module(hidden)
+            hidden = self.forward_feature_maps(pixel_values)[-1]
         return hidden.mean(dim=(2, 3))
+
+    def forward_feature_maps(self, pixel_values: torch.Tensor) -> List[torch.Tensor]:
+        """The stem's and every stage's output map, ``[B, C_k, H_k, W_k]`` (stem 64 m, stages 256 m ... 2048 m
+        channels); the last one, averaged over space, is :meth:`forward_features`. Never checkpointed."""
+        hidden, maps = (pixel_values + 1.0) / 2.0, []
+        for module in self._backbone_modules():
+            hidden = module(hidden)
+            maps.append(hidden)
+        return maps
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Projection head: ``[B, feature_dim]`` -> anchors ``[B, projection_dim]`` (not normalised)."""

@@ -1,0 +1,215 @@
+"""transformers contracts of the LZN models (issue 14 §3): outputs, hidden states, determinism, initialisation,
+label names, loading, export and compilation."""
+
+import numpy as np
+import pytest
+import torch
+from lzn_test_utils import tiny_images
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, pipeline
+
+from lzn_hf import LZNConfig, LZNForImageClassification, LZNModel
+from lzn_hf.image_processing_lzn import lzn_image_processor
+from lzn_hf.modeling_lzn import LZNImageEncoderOutput
+
+@pytest.fixture(scope="module")
+def tiny_joint():
+    torch.manual_seed(0)
+    return LZNModel(LZNConfig.from_preset("tiny-joint")).eval()
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tiny_joint, tmp_path_factory):
+    """A classifier with an anchor bank, saved from the joint model, with its image processor."""
+    classifier = LZNForImageClassification(tiny_joint.config)
+    classifier.load_state_dict(tiny_joint.state_dict(), strict=False)
+    classifier.build_anchor_bank(tiny_images(10, seed=5))
+    folder = tmp_path_factory.mktemp("classifier")
+    classifier.save_pretrained(folder)
+    lzn_image_processor(8, 1).save_pretrained(folder)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------------
+# outputs
+# ---------------------------------------------------------------------------------------------------------
+def test_get_image_features_is_a_model_output_honoring_return_dict(tiny_joint):
+    images = tiny_images()
+    with torch.no_grad():
+        output = tiny_joint.get_image_features(images)
+        assert isinstance(output, LZNImageEncoderOutput) and output.pooler_output.shape == (4, 16)
+        as_tuple = tiny_joint.get_image_features(images, return_dict=False)
+        assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[1], output.pooler_output)
+        tiny_joint.config.return_dict = False
+        try:
+            assert isinstance(tiny_joint.get_image_features(images), tuple)  # the config's default, as transformers
+        finally:
+            tiny_joint.config.return_dict = True
+
+
+@pytest.mark.parametrize("preset", ["tiny-joint", "tiny-representation"])
+def test_output_hidden_states_returns_the_encoder_feature_maps(preset):
+    torch.manual_seed(0)
+    model = LZNModel(LZNConfig.from_preset(preset)).eval()
+    encoder = model.config.image_encoder_config
+    images = tiny_images(2, encoder.num_channels, encoder.image_size)
+    with torch.no_grad():
+        plain = model(images)
+        output = model(images, output_hidden_states=True)
+        features = model.get_image_features(images, output_hidden_states=True)
+    assert plain.hidden_states is None
+    assert isinstance(output.hidden_states, tuple) and all(h.ndim == 4 and h.shape[0] == 2 for h in output.hidden_states)
+    torch.testing.assert_close(output.anchors, plain.anchors)  # the same computation, only more of it returned
+    assert len(features.hidden_states) == len(output.hidden_states)
+    if encoder.encoder_type == "resnet_gn":  # stem + one map per stage; the last one pooled is the representation
+        assert len(output.hidden_states) == 1 + len(encoder.depths)
+        torch.testing.assert_close(output.hidden_states[-1].mean(dim=(2, 3)), output.pooler_output)
+    else:  # every map a latent head may read
+        assert [h.shape[1] for h in output.hidden_states] == list(model.image_encoder.network.feature_channels)
+
+
+def test_classifier_output_hidden_states(classifier_dir):
+    classifier = LZNForImageClassification.from_pretrained(classifier_dir).eval()
+    with torch.no_grad():
+        output = classifier(tiny_images(), output_hidden_states=True)
+    assert output.logits.shape == (4, 3) and len(output.hidden_states) == 5
+
+
+# ---------------------------------------------------------------------------------------------------------
+# eval-mode determinism
+# ---------------------------------------------------------------------------------------------------------
+def test_classifier_without_bank_is_deterministic_by_default(tiny_joint):
+    classifier = LZNForImageClassification(tiny_joint.config)
+    classifier.load_state_dict(tiny_joint.state_dict(), strict=False)
+    classifier.eval()
+    images = tiny_images(8)
+    with torch.no_grad():
+        first, second = classifier(images).logits, classifier(images).logits
+        assert torch.equal(first, second)
+        zero = classifier(images, noise=torch.zeros(8, 16)).logits
+        torch.testing.assert_close(first, zero)  # the default is the zone centre
+        # upstream's batch mode with random prior noise stays reachable, reproducible with a generator
+        draw = classifier(images, random_noise=True, generator=torch.Generator().manual_seed(1)).logits
+        again = classifier(images, random_noise=True, generator=torch.Generator().manual_seed(1)).logits
+        other = classifier(images, random_noise=True, generator=torch.Generator().manual_seed(2)).logits
+    assert torch.equal(draw, again) and not torch.equal(draw, other) and not torch.equal(draw, first)
+    with pytest.raises(ValueError, match="random_noise"):
+        classifier(images, noise=torch.zeros(8, 16), random_noise=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# initialisation, label names, loading
+# ---------------------------------------------------------------------------------------------------------
+def test_init_weights_initialises_the_anchor_bank(classifier_dir, tmp_path):
+    """A checkpoint without the bank, loaded leniently: transformers' meta-device init must not leave garbage."""
+    for name in ("config.json", "preprocessor_config.json"):
+        (tmp_path / name).write_bytes((classifier_dir / name).read_bytes())
+    state = load_file(classifier_dir / "model.safetensors")
+    del state["anchor_bank"]
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    classifier, info = LZNForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == {"anchor_bank"}
+    assert classifier.anchor_bank.shape == (10, 16) and torch.equal(classifier.anchor_bank, torch.zeros(10, 16))
+
+
+def test_num_labels_and_id2label_match_the_label_anchors(classifier_dir):
+    with pytest.raises(ValueError, match="num_labels"):
+        LZNForImageClassification.from_pretrained(classifier_dir, num_labels=5)
+    with pytest.raises(ValueError, match="num_labels"):
+        LZNConfig.from_preset("tiny-joint", num_labels=5)
+    config = LZNConfig.from_preset("tiny-joint")
+    with pytest.raises(ValueError, match="num_labels"):
+        config.num_labels = 5
+    assert config.num_labels == 3
+    config.num_labels = 3  # the same number is fine
+    with pytest.raises(ValueError, match="id2label"):
+        LZNConfig.from_preset("tiny-joint", id2label={0: "zero", 1: "one"})
+    renamed = LZNForImageClassification.from_pretrained(classifier_dir, id2label={0: "a", 1: "b", 2: "c"})
+    assert renamed.config.id2label[2] == "c" and renamed.config.num_labels == 3
+
+
+def test_output_loading_info_returns_the_info_and_strict_stays_default(tiny_joint, tmp_path):
+    tiny_joint.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    del state["label_anchors.anchors"]
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="missing keys"):
+        LZNModel.from_pretrained(tmp_path)
+    model, info = LZNModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == {"label_anchors.anchors"} and isinstance(model, LZNModel)
+    with pytest.raises(ValueError, match="missing keys"):
+        LZNModel.from_pretrained(tmp_path, output_loading_info=True, strict=True)
+
+
+def test_model_and_feature_extraction_load_from_a_classifier_folder(tiny_joint, classifier_dir):
+    classifier = LZNForImageClassification.from_pretrained(classifier_dir)
+    assert classifier.config.image_decoder_config is None  # it holds no decoder, and its config says so
+    assert tiny_joint.config.image_decoder_config is not None  # the config it was built from is untouched
+    for loader in (LZNModel.from_pretrained, AutoModel.from_pretrained):
+        model = loader(classifier_dir)
+        assert type(model) is LZNModel and model.image_decoder is None
+        torch.testing.assert_close(model.label_anchors.anchors, tiny_joint.label_anchors.anchors)
+    extract = pipeline("image-feature-extraction", model=str(classifier_dir))
+    anchors = extract(Image.fromarray(np.full((8, 8), 128, dtype=np.uint8)))
+    assert np.asarray(anchors).shape == (1, 16)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# torch.export and torch.compile
+# ---------------------------------------------------------------------------------------------------------
+def test_export_lzn_model(tiny_joint):
+    images = tiny_images(2)
+    program = torch.export.export(tiny_joint, (images,))
+    exported = program.module()(tiny_images(2, seed=1))
+    with torch.no_grad():
+        expected = tiny_joint(tiny_images(2, seed=1))
+    torch.testing.assert_close(exported.anchors, expected.anchors)
+    with pytest.raises(ValueError, match="NaN"):  # eager calls keep their value checks
+        tiny_joint(torch.full((2, 1, 8, 8), float("nan")))
+
+
+def decoder_inputs(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return tiny_images(2, seed=seed), torch.tensor([900.0, 20.0]), torch.randn(2, 16, generator=generator), torch.tensor([0, 2])
+
+
+def test_export_image_decoder(tiny_joint):
+    program = torch.export.export(tiny_joint.image_decoder, decoder_inputs())
+    with torch.no_grad():
+        expected = tiny_joint.image_decoder(*decoder_inputs(1)).sample
+    torch.testing.assert_close(program.module()(*decoder_inputs(1)).sample, expected)
+    with pytest.raises(ValueError, match=r"in \[0, 3\)"):  # eager label checks are kept
+        tiny_joint.image_decoder(*decoder_inputs()[:3], torch.tensor([0, 3]))
+
+
+def test_compiled_decoder_step_matches_eager(tiny_joint):
+    """One Euler step of the flow-matching ODE with a fullgraph-compiled decoder (no graph break)."""
+    torch._dynamo.reset()
+    compiled = torch.compile(tiny_joint.image_decoder, fullgraph=True, backend="eager")
+    sample, timestep, latents, labels = decoder_inputs()
+    with torch.no_grad():
+        step = sample - 0.1 * compiled(sample, timestep, latents, labels).sample
+        expected = sample - 0.1 * tiny_joint.image_decoder(sample, timestep, latents, labels).sample
+    torch.testing.assert_close(step, expected)
+
+
+def test_export_paths_through_the_flows(tiny_joint):
+    class ImageLatents(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values, noise):
+            return self.model(pixel_values, output_latents=True, noise=noise).latents
+
+    images, noise = tiny_images(2), torch.zeros(2, 16)
+    program = torch.export.export(ImageLatents(tiny_joint), (images, noise))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(images, noise), tiny_joint(images, output_latents=True, noise=noise).latents)
+    classifier = LZNForImageClassification(tiny_joint.config)
+    classifier.load_state_dict(tiny_joint.state_dict(), strict=False)
+    classifier.eval()
+    program = torch.export.export(classifier, (images,))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(images).logits, classifier(images).logits)
