@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -80,6 +81,31 @@ class TrainingHistory:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as handle:
             handle.write(json.dumps({"step": int(step), **{k: float(v) for k, v in values.items()}}) + "\n")
+
+    def truncate(self, step: int) -> int:
+        """Keep only the records of steps up to ``step`` (a run resumed from ``checkpoint-{step}`` logs the later
+        steps again; ``step`` 0: a new run in the same folder). Rewritten atomically; returns the records dropped.
+        A line that is not JSON (a run killed mid-write) is dropped too."""
+        if not self.path.is_file():
+            return 0
+        kept, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                keep = isinstance(record, dict) and int(record["step"]) <= step
+            except (ValueError, KeyError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            temporary = self.path.with_name(f".{self.path.name}.partial")
+            temporary.write_text("".join(f"{line}\n" for line in kept))
+            os.replace(temporary, self.path)
+        return dropped
 
     def read(self) -> Dict[str, List[Tuple[int, float]]]:
         """``{name: [(step, value), ...]}``, steps increasing, the latest write winning after a resume."""
