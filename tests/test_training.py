@@ -102,7 +102,7 @@ def test_joint_on_an_image_folder_saves_loadable_folders(image_folder, tmp_path)
            "--max_train_steps", 3, "--checkpointing_steps", 2, "--checkpoints_total_limit", 1, "--logging_steps", 1,
            "--num_samples_per_class", 2, "--judge_samples_per_class", 2, "--num_inference_steps", 2, tmp_path=tmp_path)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]  # checkpoint-2 pruned to the limit
-    assert {p.name for p in (out / "checkpoint-3").iterdir()} >= {"lzn", "lzn_ema", "optimizer.bin", "custom_checkpoint_1.pkl"}
+    assert {p.name for p in (out / "checkpoint-3").iterdir()} >= {"lzn", "lzn_ema", "optimizer.bin", "training_state.json"}
     model = LZNModel.from_pretrained(out / "model")
     assert model.config.num_classes == 3
     pipeline = LZNPipeline.from_pretrained(out / "pipeline")

@@ -367,9 +367,11 @@ def test_prune_checkpoints_and_resume_latest(tmp_path):
     assert tu.prune_checkpoints(tmp_path, 2) == ["checkpoint-5", "checkpoint-10"]
     assert tu.prune_checkpoints(tmp_path, 1) == ["checkpoint-20"]
     assert tu.prune_checkpoints(tmp_path, None) == []
-    loaded = []
-    accelerator = SimpleNamespace(print=lambda *a: None, load_state=loaded.append)
-    assert tu.resume_from_checkpoint(accelerator, "latest", tmp_path) == 100 and loaded == [str(tmp_path / "checkpoint-100")]
+    loaded, printed = [], []
+    accelerator = SimpleNamespace(print=printed.append, load_state=loaded.append)
+    # empty checkpoint-N folders are skipped, saying so (a real one is picked: test_resume_security.py)
+    assert tu.resume_from_checkpoint(accelerator, "latest", tmp_path) == 0 and loaded == []
+    assert printed[0] == f"skipping {tmp_path / 'checkpoint-100'}: an empty folder" and "no complete checkpoint" in printed[-1]
     assert tu.resume_from_checkpoint(accelerator, "latest", tmp_path / "empty") == 0
     assert tu.resume_from_checkpoint(accelerator, None, tmp_path) == 0
     with pytest.raises(FileNotFoundError):

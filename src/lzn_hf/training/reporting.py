@@ -28,11 +28,14 @@ def dataset_id(dataset_name: Optional[str], train_data_dir: Optional[str] = None
 
 
 def training_markdown(arguments: "TrainingArguments", global_batch_size: int, script: str, extra: Optional[Mapping[str, Any]] = None) -> str:
-    """A "## Training" section for model cards: the command line's essentials and the hyper-parameters."""
+    """A "## Training" section for model cards: the command line's essentials and the hyper-parameters (every value
+    escaped: a path or name from the command line shows literally, never as markup)."""
+    from ..model_cards import markdown_code, markdown_text
+
     rows = {
-        "script": f"`examples/{script}`",
-        "config (preset)": f"`{arguments.config}`",
-        "data": f"`{dataset_id(arguments.dataset_name, arguments.train_data_dir)}`",
+        "script": markdown_code(f"examples/{script}"),
+        "config (preset)": markdown_code(arguments.config),  # a preset name or a user's path: shown literally
+        "data": markdown_code(dataset_id(arguments.dataset_name, arguments.train_data_dir)),
         "updates": arguments.max_train_steps,
         "global batch (anchors per zone set)": global_batch_size,
         "learning rates (encoder / decoder / label anchors)":
@@ -42,7 +45,9 @@ def training_markdown(arguments: "TrainingArguments", global_batch_size: int, sc
         "seed": arguments.seed,
         **(extra or {}),
     }
-    lines = ["## Training", "", "| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows.items()]
+    code = {"script", "config (preset)", "data"}
+    lines = ["## Training", "", "| setting | value |", "|---|---|"] + [
+        f"| {markdown_text(k)} | {v if k in code else markdown_text(v)} |" for k, v in rows.items()]
     return "\n".join(lines)
 
 
