@@ -149,3 +149,30 @@ def test_write_model_card_escapes_titles_datasets_and_metric_names(tmp_path):
     body = text[text.index("\n---\n", 4) + 5 :]
     assert body.startswith("\n# x\"); import os; os.system(\"touch PWNED\") \\# --- \\<script\\>") and "<script>" not in body and "<i>" not in body
     assert "| acc\\|\\<i\\> | 0.5 |" in body and "\n---\n" not in body
+
+
+def test_a_corrupt_image_is_named_before_training_and_when_drawn(tmp_path):
+    import datasets
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    for name in "ab":
+        (folder / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (9, 7), (40 * i, 90, 200)).save(folder / name / f"{i}.png")
+    good = (folder / "a" / "0.png").read_bytes()
+    (folder / "b" / "broken.png").write_bytes(good[: len(good) // 2])  # truncated mid-file
+    with pytest.raises(ValueError, match=r"1 of the 5 images of image folder .* cannot be read .*\n  .*b/broken\.png"):
+        tu.load_image_dataset(8, 1, train_data_dir=str(folder), cache_dir=str(tmp_path / "cache"))
+    (folder / "b" / "broken.png").unlink()
+    dataset, names = tu.load_image_dataset(8, 1, train_data_dir=str(folder), cache_dir=str(tmp_path / "cache"))
+    assert names == ["a", "b"] and dataset[0]["pixel_values"].shape == (1, 8, 8)
+
+    # a saved dataset is not checked up front (its images may be many): the image drawn names itself
+    rows = datasets.Dataset.from_dict({"image": [{"bytes": good, "path": "fine.png"}, {"bytes": b"garbage", "path": "row-1.png"}],
+                                       "label": [0, 1]}).cast_column("image", datasets.Image())
+    rows.save_to_disk(str(tmp_path / "saved"))
+    dataset, _ = tu.load_image_dataset(8, 1, dataset_name=str(tmp_path / "saved"))
+    assert dataset[0]["pixel_values"].shape == (1, 8, 8)
+    with pytest.raises(ValueError, match=r"cannot read the image row-1\.png of dataset .*saved"):
+        dataset[1]
