@@ -133,6 +133,22 @@ def test_joint_on_an_image_folder_saves_loadable_folders(image_folder, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = json.loads((out / "eval_metrics.json").read_text())
     assert evaluated["dataset"] == "imagefolder" and evaluated["num_train_images"] == 18 and evaluated["batch_size"] == 4
+
+    # issue 12: a recovery run after an export killed midway (model/ and metrics.json gone) resumes at
+    # --max_train_steps: no update, the same model again, and the timings of the run that trained (not zeros)
+    weights_before = weights(out / "model")
+    shutil.rmtree(out / "model")
+    (out / "metrics.json").unlink()
+    result = launch("train_joint.py", "--config", "tiny-joint", "--train_data_dir", image_folder, "--output_dir", out, "--train_batch_size", 4,
+                    "--max_train_steps", 3, "--resume_from_checkpoint", "latest", "--logging_steps", 1, "--num_samples_per_class", 2,
+                    "--judge_samples_per_class", 2, "--num_inference_steps", 2, "--ce_ceiling_steps", 0, tmp_path=tmp_path)
+    assert "no update to do" in result.stdout + result.stderr
+    recovered = json.loads((out / "metrics.json").read_text())
+    assert recovered["train_updates"] == 3 and recovered["updates_this_run"] == 0
+    assert recovered["train_wall_time_s"] == pytest.approx(metrics["train_wall_time_s"], rel=1e-6)
+    assert all(torch.equal(weights_before[k], weights(out / "model")[k]) for k in weights_before)
+    assert f"| training wall time (s) | {round(metrics['train_wall_time_s'])} |" in (out / "README.md").read_text()
+    assert [json.loads(line)["step"] for line in (out / "logs" / "history.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert "judge/agreement" in evaluated and evaluated["lzn_latent"] == "label_zone"
 
 
