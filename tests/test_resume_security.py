@@ -147,13 +147,14 @@ def test_a_payload_in_any_file_is_never_run_and_the_folder_is_refused(finished_r
             tu.resume_from_checkpoint(accelerator, str(copy), target_out, fresh.stateful)
         except (UnsafeCheckpointError, ValueError) as error:
             refused += 1
-            assert str(copy / os.path.basename(relative)) in str(error) or relative.split("/")[0] in str(error), (relative, kind, error)
+            assert str(copy / relative) in str(error), (relative, kind, error)  # the error names the file
         else:
             ignored.append(relative)
         assert not marker.exists(), f"{relative} ({kind}): the payload ran"
     # only the model cards are never read (save_pretrained writes them; resume reads config and weights)
     assert ignored and all(name.endswith("README.md") for name in ignored), ignored
-    assert tried == refused + len(ignored) and refused >= 25
+    print(f"payload test: {tried} folders tried, {refused} refused naming the file, {len(ignored)} ignored ({sorted(set(ignored))})")
+    assert (tried, refused, len(ignored)) == (32, 28, 4)
 
 
 def test_older_runs_custom_state_is_read_as_plain_data_and_objects_are_refused(finished_run, tmp_path):
