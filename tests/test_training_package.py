@@ -71,6 +71,7 @@ def test_script_flags_help_keeps_one_name_per_flag_and_the_groups(capsys):
     (["--config", "nope.json"], "not a preset"),
     (["--recipe", "nope"], "unknown --recipe"),
     (["--train_data_dir", "x", "--dataset_name", "y"], "not both"),
+    (["--output_dir", __file__], "--output_dir .* exists and is not a folder"),
 ])
 def test_bad_arguments_name_the_flag(argv, message):
     with pytest.raises(ValueError, match=message):
