@@ -368,6 +368,9 @@ def test_prune_checkpoints_and_resume_latest(tmp_path):
     assert tu.prune_checkpoints(tmp_path, 2) == ["checkpoint-5", "checkpoint-10"]
     assert tu.prune_checkpoints(tmp_path, 1) == ["checkpoint-20"]
     assert tu.prune_checkpoints(tmp_path, None) == []
+    (tmp_path / "checkpoint-3").mkdir()  # just saved by a run restarted below an earlier run's checkpoint-100
+    assert tu.prune_checkpoints(tmp_path, 1, keep="checkpoint-3") == ["checkpoint-100"] and (tmp_path / "checkpoint-3").is_dir()
+    (tmp_path / "checkpoint-100").mkdir()
     loaded, printed = [], []
     accelerator = SimpleNamespace(print=printed.append, load_state=loaded.append)
     # empty checkpoint-N folders are skipped, saying so (a real one is picked: test_resume_security.py)

@@ -81,12 +81,14 @@ def _checkpoint_steps(output_dir) -> List[Tuple[int, str]]:
     return sorted(found)
 
 
-def prune_checkpoints(output_dir, total_limit: Optional[int]) -> List[str]:
-    """Delete the oldest ``checkpoint-N`` folders so that at most ``total_limit`` remain; returns the removed names."""
+def prune_checkpoints(output_dir, total_limit: Optional[int], keep: Optional[str] = None) -> List[str]:
+    """Delete the oldest ``checkpoint-N`` folders so that at most ``total_limit`` remain, never ``keep`` (the one just
+    saved, even when a higher-numbered ``checkpoint-N`` of an earlier run is there); returns the removed names."""
     if total_limit is None:
         return []
     checkpoints = _checkpoint_steps(output_dir)
-    removed = [name for _, name in checkpoints[: max(0, len(checkpoints) - total_limit)]]
+    candidates = [name for _, name in checkpoints if name != keep]
+    removed = candidates[: max(0, len(checkpoints) - total_limit)]
     for name in removed:
         path = os.path.join(output_dir, name)
         shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
@@ -147,7 +149,7 @@ def save_checkpoint(accelerator, output_dir, global_step: int, total_limit: Opti
         if os.path.lexists(path):
             shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
         os.replace(partial, path)
-        removed = prune_checkpoints(output_dir, total_limit)
+        removed = prune_checkpoints(output_dir, total_limit, keep=os.path.basename(path))
         if removed:
             logger.info(f"removed {len(removed)} old checkpoint(s): {', '.join(removed)}")
     accelerator.wait_for_everyone()

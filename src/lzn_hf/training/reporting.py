@@ -71,8 +71,21 @@ def save_image_grid(rows: Sequence[np.ndarray], path, row_labels: Optional[Seque
             array = (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
             tile = Image.fromarray(array[..., 0] if channels == 1 else array).convert("RGB").resize((cell_w, cell_h), Image.NEAREST)
             canvas.paste(tile, (label_w + pad + j * (cell_w + pad), top))
-    canvas.save(path)
+    _write_atomically(path, lambda temporary: canvas.save(temporary, format="PNG"))
     return Path(path)
+
+
+def _write_atomically(path, write) -> None:
+    """``write(temporary)`` into a hidden sibling of ``path``, then rename it over ``path`` (never half a file)."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if temporary.exists():
+            temporary.unlink()
+        raise
 
 
 class TrainingHistory:
@@ -107,9 +120,7 @@ class TrainingHistory:
             else:
                 dropped += 1
         if dropped:
-            temporary = self.path.with_name(f".{self.path.name}.partial")
-            temporary.write_text("".join(f"{line}\n" for line in kept))
-            os.replace(temporary, self.path)
+            _write_atomically(self.path, lambda temporary: temporary.write_text("".join(f"{line}\n" for line in kept)))
         return dropped
 
     def read(self) -> Dict[str, List[Tuple[int, float]]]:
@@ -156,7 +167,7 @@ def save_training_curves(history: Mapping[str, List[Tuple[int, float]]], path, k
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    _write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=110, format="png"))
     plt.close(figure)
     return Path(path)
 
