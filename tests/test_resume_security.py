@@ -157,6 +157,14 @@ def test_a_payload_in_any_file_is_never_run_and_the_folder_is_refused(finished_r
     assert (tried, refused, len(ignored)) == (32, 28, 4)
 
 
+def test_a_fifo_or_device_in_a_checkpoint_is_refused_not_read(finished_run, tmp_path):
+    out, accelerator, fresh, _ = finished_run
+    for make in (lambda target: os.mkfifo(target), lambda target: target.symlink_to("/dev/zero")):
+        target_out, copy = tampered_copy(out / "checkpoint-2", tmp_path, "lzn/extra.json", make)
+        with pytest.raises(UnsafeCheckpointError, match=r"lzn/extra\.json is not a regular file"):
+            tu.resume_from_checkpoint(accelerator, str(copy), target_out, fresh.stateful)
+
+
 def test_older_runs_custom_state_is_read_as_plain_data_and_objects_are_refused(finished_run, tmp_path):
     out, accelerator, fresh, _ = finished_run
     legacy_out = tmp_path / "legacy"

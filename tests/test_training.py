@@ -200,7 +200,8 @@ def test_resume_continues_from_the_saved_step(joint_digits):
     single, resumed = joint_digits["single"], joint_digits["resumed"]
     assert "resuming from" in joint_digits["resume_log"] and str(resumed / "checkpoint-2") in joint_digits["resume_log"]
     metrics = json.loads((resumed / "metrics.json").read_text())
-    assert metrics["train_updates"] == 1 and metrics["skipped_steps"] == 1  # the counter came back with the checkpoint
+    assert metrics["train_updates"] == 3 and metrics["updates_this_run"] == 1  # the model's updates; this run's share
+    assert metrics["skipped_steps"] == 1  # the counter came back with the checkpoint
     assert [json.loads(line)["step"] for line in (resumed / "logs" / "history.jsonl").read_text().splitlines()] == [3]
     # same data position, noise, optimizer, scheduler, EMA and freeze state as the uninterrupted run
     assert_same_weights(resumed / "checkpoint-3" / "lzn", single / "checkpoint-3" / "lzn", atol=1e-6)

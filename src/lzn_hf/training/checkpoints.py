@@ -221,7 +221,8 @@ def verify_checkpoint(path) -> Dict[str, List[str]]:
     * pickle-format files (``*.bin``, ``*.pkl``, ``*.pt``, ``*.pth``): :func:`load_plain_pickle`;
     * ``custom_checkpoint_*.pkl``: only the two of older lzn_hf runs, and only without ``training_state.json``
       (Accelerate would unpickle them with ``weights_only=False``; lzn_hf never registers objects with it);
-    * ``*.md`` / ``*.txt`` (cards) and files of other names: never read by resume, listed as ignored.
+    * ``*.md`` / ``*.txt`` (cards) and files of other names: never read by resume, listed as ignored;
+    * anything but a regular file (a FIFO, a device, a link to one) is refused: reading it could block.
 
     Returns ``{"checked": [...], "ignored": [...]}`` (paths relative to the folder); raises
     ``UnsafeCheckpointError`` naming the first file refused.
@@ -234,6 +235,8 @@ def verify_checkpoint(path) -> Dict[str, List[str]]:
     for file in sorted(p for p in path.rglob("*") if not p.is_dir()):
         relative = file.relative_to(path).as_posix()
         name = file.name
+        if not file.is_file():  # a FIFO, socket or device (directly or through a link): reading it could block forever
+            raise UnsafeCheckpointError(f"{file} is not a regular file; resume reads nothing from this checkpoint")
         if re.fullmatch(r"custom_checkpoint_\d+\.pkl", name) and (
                 has_state or file.parent != path or name not in LEGACY_STATE_FILES.values()):
             raise UnsafeCheckpointError(
