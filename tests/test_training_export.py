@@ -74,6 +74,23 @@ def test_an_export_stopped_midway_leaves_the_old_folder(tmp_path, monkeypatch):
     assert {".*.partial*", ".*.old-*"} <= set(tu.HUB_IGNORE_PATTERNS)
 
 
+def test_a_full_disk_during_export_says_so_and_keeps_the_old_folder(tmp_path, monkeypatch):
+    import errno
+
+    tu.save_model_folder(tiny_model(0), tmp_path / "model")
+    model = tiny_model(1)
+
+    def full_disk(folder, *args, **kwargs):
+        (Path(folder) / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(model, "save_pretrained", full_disk)
+    with pytest.raises(OSError, match=r"no space left on device while writing .*model \("):
+        tu.save_model_folder(model, tmp_path / "model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    LZNModel.from_pretrained(tmp_path / "model")
+
+
 def test_an_export_over_a_file_or_an_unreadable_run_config_is_a_clear_error(tmp_path):
     (tmp_path / "model").write_text("not a folder")
     with pytest.raises(FileExistsError, match=r"model exists and is not a folder"):

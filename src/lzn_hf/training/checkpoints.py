@@ -95,7 +95,7 @@ def prune_checkpoints(output_dir, total_limit: Optional[int], keep: Optional[str
     return removed
 
 
-def _no_space_error(error: BaseException, where) -> Optional[OSError]:
+def no_space_error(error: BaseException, where) -> Optional[OSError]:
     """An ``OSError(ENOSPC)`` saying "no space left on device" and ``where``, when ``error`` is a full disk: an
     ``OSError`` with ENOSPC, or torch's writer failure (``basic_ios::clear: iostream error``, ``PytorchStreamWriter
     failed``) on a device with less than 64 MiB free."""
@@ -138,7 +138,7 @@ def save_checkpoint(accelerator, output_dir, global_step: int, total_limit: Opti
             states = {name: obj.state_dict() for name, obj in (stateful or {}).items()}
             write_json_atomically(os.path.join(partial, TRAINING_STATE_FILE), {"format": 1, "step": int(global_step), "states": states})
     except (OSError, RuntimeError) as error:
-        full = _no_space_error(error, partial)
+        full = no_space_error(error, partial)
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)
         if full is not None:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
-from .checkpoints import CHECKPOINT_PREFIX
+from .checkpoints import CHECKPOINT_PREFIX, no_space_error
 
 #: The run metadata file of a training output folder.
 RUN_CONFIG_FILE = "run_config.json"
@@ -76,7 +76,8 @@ def atomic_folder(folder: Union[str, os.PathLike]) -> Iterator[Path]:
     """Write a folder whole or not at all: yields a temporary sibling (``.{name}.partial-*``) to write into; when the
     block ends without error it takes the place of ``folder`` (the old folder is moved aside, the new one renamed
     in, the old one deleted), so ``folder`` is at every moment the old folder, the new one, or (between the two
-    renames) absent; never a mix. An error removes the temporary folder and keeps the old one. Leftovers of a
+    renames) absent; never a mix. An error removes the temporary folder and keeps the old one (a full disk says
+    "no space left on device" and names ``folder``). Leftovers of a
     killed write (``.{name}.partial-*``, ``.{name}.old-*``) are removed first. ``folder`` existing as a file is an
     error naming it."""
     folder = Path(folder)
@@ -93,8 +94,11 @@ def atomic_folder(folder: Union[str, os.PathLike]) -> Iterator[Path]:
             old = folder.with_name(f".{folder.name}.old-{temporary.name.rsplit('-', 1)[-1]}")
             os.replace(folder, old)
         os.replace(temporary, folder)
-    except BaseException:
+    except BaseException as error:
         _remove(temporary)
+        full = no_space_error(error, folder) if isinstance(error, (OSError, RuntimeError)) else None
+        if full is not None:
+            raise full from error
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
