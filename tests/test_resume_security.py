@@ -208,7 +208,7 @@ def test_latest_skips_empty_foreign_and_file_checkpoints(finished_run, tmp_path,
     assert "no complete checkpoint" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("failure", ["enospc", "torch-writer"])
+@pytest.mark.parametrize("failure", ["enospc", "torch-writer", "safetensors"])
 def test_a_full_disk_says_so_and_where_and_keeps_the_last_checkpoint(finished_run, tmp_path, monkeypatch, failure):
     out, accelerator, fresh, _ = finished_run
     shutil.copytree(out / "checkpoint-2", tmp_path / "checkpoint-2")
@@ -217,6 +217,10 @@ def test_a_full_disk_says_so_and_where_and_keeps_the_last_checkpoint(finished_ru
         os.makedirs(path, exist_ok=True)
         if failure == "enospc":
             raise OSError(errno.ENOSPC, "No space left on device")
+        if failure == "safetensors":
+            from safetensors import SafetensorError
+
+            raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left on device\" })")
         raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 123 vs 45: basic_ios::clear: iostream error")
 
     monkeypatch.setattr(accelerator, "save_state", full_disk)

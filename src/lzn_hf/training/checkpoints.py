@@ -97,11 +97,11 @@ def prune_checkpoints(output_dir, total_limit: Optional[int], keep: Optional[str
 
 def no_space_error(error: BaseException, where) -> Optional[OSError]:
     """An ``OSError(ENOSPC)`` saying "no space left on device" and ``where``, when ``error`` is a full disk: an
-    ``OSError`` with ENOSPC, or torch's writer failure (``basic_ios::clear: iostream error``, ``PytorchStreamWriter
+    ``OSError`` with ENOSPC or an error quoting it (safetensors), or torch's writer failure (``basic_ios::clear: iostream error``, ``PytorchStreamWriter
     failed``) on a device with less than 64 MiB free."""
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-        full = True
-    elif isinstance(error, RuntimeError) and re.search(r"iostream error|PytorchStreamWriter failed|file write failed", str(error)):
+    if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or re.search(r"No space left on device|os error 28", str(error)):
+        full = True  # an OSError, or e.g. safetensors' SafetensorError quoting the OS error
+    elif re.search(r"iostream error|PytorchStreamWriter failed|file write failed", str(error)):
         try:
             full = shutil.disk_usage(Path(where).parent if not os.path.isdir(where) else where).free < 64 * 2**20
         except OSError:
@@ -137,7 +137,7 @@ def save_checkpoint(accelerator, output_dir, global_step: int, total_limit: Opti
         if accelerator.is_main_process:
             states = {name: obj.state_dict() for name, obj in (stateful or {}).items()}
             write_json_atomically(os.path.join(partial, TRAINING_STATE_FILE), {"format": 1, "step": int(global_step), "states": states})
-    except (OSError, RuntimeError) as error:
+    except Exception as error:
         full = no_space_error(error, partial)
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)

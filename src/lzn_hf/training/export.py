@@ -96,7 +96,7 @@ def atomic_folder(folder: Union[str, os.PathLike]) -> Iterator[Path]:
         os.replace(temporary, folder)
     except BaseException as error:
         _remove(temporary)
-        full = no_space_error(error, folder) if isinstance(error, (OSError, RuntimeError)) else None
+        full = no_space_error(error, folder) if isinstance(error, Exception) else None
         if full is not None:
             raise full from error
         raise
