@@ -197,7 +197,7 @@ def export(args, generation, global_batch_size, ema_model, class_names, history,
         "Rectified-flow image generation with a Latent Zoning Network latent (case study 1 of Lin et al.). `model/`: the "
         "`LZNModel` (EMA weights: image encoder and decoder); `pipeline/`: the `LZNPipeline`; `samples.png`: samples.",
         pipeline_tag="unconditional-image-generation", datasets=datasets, tags=["case-study-1"], extra_text=training,
-        usage=f'import torch\nfrom lzn_hf.pipeline_lzn import LZNPipeline\n\nfolder = "{output_dir}"  # or huggingface_hub.snapshot_download(repo_id)\n'
+        usage=f'import torch\nfrom lzn_hf.pipeline_lzn import LZNPipeline\n\nfolder = {str(output_dir)!r}  # or huggingface_hub.snapshot_download(repo_id)\n'
               f"pipe = LZNPipeline.from_pretrained(f\"{{folder}}/pipeline\")\nimages = pipe({call}).images",
     )
     print(f"LZN case study 1 ({args.config}) -> {output_dir}: " + ", ".join(

@@ -281,7 +281,7 @@ def write_cards(args, joint, global_batch_size, metrics):
         "`classifier/`: the `LZNForImageClassification` with its bank of training anchors; `samples.png`: one row per class; "
         "`metrics.json`: every measured number.",
         pipeline_tag="image-classification", datasets=datasets, metrics={**accuracy, **judge}, tags=["case-study-3"], extra_text=training,
-        usage=f'from lzn_hf import LZNForImageClassification\nfrom lzn_hf.pipeline_lzn import LZNPipeline\n\nfolder = "{output_dir}"  # '
+        usage=f'from lzn_hf import LZNForImageClassification\nfrom lzn_hf.pipeline_lzn import LZNPipeline\n\nfolder = {str(output_dir)!r}  # '
               "or huggingface_hub.snapshot_download(repo_id)\npipe = LZNPipeline.from_pretrained(f\"{folder}/pipeline\")\n"
               "images = pipe(labels=[0, 1, 2], num_images_per_label=4).images\n"
               "classifier = LZNForImageClassification.from_pretrained(f\"{folder}/classifier\")",

@@ -199,7 +199,7 @@ def export(args, representation, global_batch_size, ema_model, train_dataset, te
         "feature (`pooler_output`). `model/`: the `LZNModel` (EMA weights) with its image processor.",
         pipeline_tag="image-feature-extraction", datasets=datasets, metrics=accuracy, tags=["case-study-2"], extra_text=training,
         usage="from transformers import pipeline\nimport lzn_hf  # registers the LZN classes\n\n"
-              f'extract = pipeline("image-feature-extraction", model="{output_dir}/model")  # or a snapshot_download(repo_id) folder\n'
+              f'extract = pipeline("image-feature-extraction", model={f"{output_dir}/model"!r})  # or a snapshot_download(repo_id) folder\n'
               "features = extract(image, pool=True)  # the backbone feature",
     )
     print(f"LZN case study 2 ({args.config}) -> {output_dir}: " + ", ".join(

@@ -96,7 +96,7 @@ def test_joint_on_an_image_folder_saves_loadable_folders(image_folder, tmp_path)
            "--max_train_steps", 3, "--checkpointing_steps", 2, "--checkpoints_total_limit", 1, "--logging_steps", 1,
            "--num_samples_per_class", 2, "--judge_samples_per_class", 2, "--num_inference_steps", 2, tmp_path=tmp_path)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]  # checkpoint-2 pruned to the limit
-    assert {p.name for p in (out / "checkpoint-3").iterdir()} >= {"lzn", "lzn_ema", "optimizer.bin", "custom_checkpoint_1.pkl"}
+    assert {p.name for p in (out / "checkpoint-3").iterdir()} >= {"lzn", "lzn_ema", "optimizer.bin", "training_state.json"}
     model = LZNModel.from_pretrained(out / "model")
     assert model.config.num_classes == 3
     pipeline = LZNPipeline.from_pretrained(out / "pipeline")
@@ -127,6 +127,22 @@ def test_joint_on_an_image_folder_saves_loadable_folders(image_folder, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = json.loads((out / "eval_metrics.json").read_text())
     assert evaluated["dataset"] == "imagefolder" and evaluated["num_train_images"] == 18 and evaluated["batch_size"] == 4
+
+    # issue 12: a recovery run after an export killed midway (model/ and metrics.json gone) resumes at
+    # --max_train_steps: no update, the same model again, and the timings of the run that trained (not zeros)
+    weights_before = weights(out / "model")
+    shutil.rmtree(out / "model")
+    (out / "metrics.json").unlink()
+    result = launch("train_joint.py", "--config", "tiny-joint", "--train_data_dir", image_folder, "--output_dir", out, "--train_batch_size", 4,
+                    "--max_train_steps", 3, "--resume_from_checkpoint", "latest", "--logging_steps", 1, "--num_samples_per_class", 2,
+                    "--judge_samples_per_class", 2, "--num_inference_steps", 2, "--ce_ceiling_steps", 0, tmp_path=tmp_path)
+    assert "no update to do" in result.stdout + result.stderr
+    recovered = json.loads((out / "metrics.json").read_text())
+    assert recovered["train_updates"] == 3 and recovered["updates_this_run"] == 0
+    assert recovered["train_wall_time_s"] == pytest.approx(metrics["train_wall_time_s"], rel=1e-6)
+    assert all(torch.equal(weights_before[k], weights(out / "model")[k]) for k in weights_before)
+    assert f"| training wall time (s) | {round(metrics['train_wall_time_s'])} |" in (out / "README.md").read_text()
+    assert [json.loads(line)["step"] for line in (out / "logs" / "history.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert "judge/agreement" in evaluated and evaluated["lzn_latent"] == "label_zone"
 
 
@@ -178,7 +194,8 @@ def test_resume_continues_from_the_saved_step(joint_digits):
     single, resumed = joint_digits["single"], joint_digits["resumed"]
     assert "resuming from" in joint_digits["resume_log"] and str(resumed / "checkpoint-2") in joint_digits["resume_log"]
     metrics = json.loads((resumed / "metrics.json").read_text())
-    assert metrics["train_updates"] == 1 and metrics["skipped_steps"] == 1  # the counter came back with the checkpoint
+    assert metrics["train_updates"] == 3 and metrics["updates_this_run"] == 1  # the model's updates; this run's share
+    assert metrics["skipped_steps"] == 1  # the counter came back with the checkpoint
     assert [json.loads(line)["step"] for line in (resumed / "logs" / "history.jsonl").read_text().splitlines()] == [3]
     # same data position, noise, optimizer, scheduler, EMA and freeze state as the uninterrupted run
     assert_same_weights(resumed / "checkpoint-3" / "lzn", single / "checkpoint-3" / "lzn", atol=1e-6)

@@ -71,6 +71,7 @@ def test_script_flags_help_keeps_one_name_per_flag_and_the_groups(capsys):
     (["--config", "nope.json"], "not a preset"),
     (["--recipe", "nope"], "unknown --recipe"),
     (["--train_data_dir", "x", "--dataset_name", "y"], "not both"),
+    (["--output_dir", __file__], "--output_dir .* exists and is not a folder"),
 ])
 def test_bad_arguments_name_the_flag(argv, message):
     with pytest.raises(ValueError, match=message):
@@ -367,9 +368,14 @@ def test_prune_checkpoints_and_resume_latest(tmp_path):
     assert tu.prune_checkpoints(tmp_path, 2) == ["checkpoint-5", "checkpoint-10"]
     assert tu.prune_checkpoints(tmp_path, 1) == ["checkpoint-20"]
     assert tu.prune_checkpoints(tmp_path, None) == []
-    loaded = []
-    accelerator = SimpleNamespace(print=lambda *a: None, load_state=loaded.append)
-    assert tu.resume_from_checkpoint(accelerator, "latest", tmp_path) == 100 and loaded == [str(tmp_path / "checkpoint-100")]
+    (tmp_path / "checkpoint-3").mkdir()  # just saved by a run restarted below an earlier run's checkpoint-100
+    assert tu.prune_checkpoints(tmp_path, 1, keep="checkpoint-3") == ["checkpoint-100"] and (tmp_path / "checkpoint-3").is_dir()
+    (tmp_path / "checkpoint-100").mkdir()
+    loaded, printed = [], []
+    accelerator = SimpleNamespace(print=printed.append, load_state=loaded.append)
+    # empty checkpoint-N folders are skipped, saying so (a real one is picked: test_resume_security.py)
+    assert tu.resume_from_checkpoint(accelerator, "latest", tmp_path) == 0 and loaded == []
+    assert printed[0] == f"skipping {tmp_path / 'checkpoint-100'}: an empty folder" and "no complete checkpoint" in printed[-1]
     assert tu.resume_from_checkpoint(accelerator, "latest", tmp_path / "empty") == 0
     assert tu.resume_from_checkpoint(accelerator, None, tmp_path) == 0
     with pytest.raises(FileNotFoundError):

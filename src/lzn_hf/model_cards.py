@@ -32,12 +32,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from urllib.parse import quote
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-__all__ = ["MODEL_CARD_KINDS", "detect_kind", "model_card", "write_model_card", "is_generated_boilerplate", "prepare_upload"]
+__all__ = ["MODEL_CARD_KINDS", "detect_kind", "model_card", "write_model_card", "is_generated_boilerplate", "prepare_upload",
+           "markdown_text", "markdown_code"]
 
 #: kind -> the pipeline_tag of its card
 MODEL_CARD_KINDS: Dict[str, str] = {
@@ -50,6 +54,34 @@ PAPER = "[Latent Zoning Network](https://arxiv.org/abs/2509.15591) (LZN, Lin et 
 ORIGINAL_CODE = "https://github.com/microsoft/latent-zoning-networks"
 # Phrases of the placeholder cards that transformers' and diffusers' push_to_hub write.
 _BOILERPLATE = ("has been automatically generated", "[More Information Needed]")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# user-supplied text in a card: shown literally, never markup or code
+# ----------------------------------------------------------------------------------------------------------
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]#!|<>~&$])")  # parentheses are inert once brackets are escaped
+
+
+def markdown_text(value: Any) -> str:
+    """``value`` as one line of Markdown prose (a heading, a table cell, a sentence) that shows it literally: line
+    breaks become spaces, and Markdown, HTML and math characters are backslash-escaped (``<script>`` stays text,
+    ``|`` does not split a table, ``---`` on its own line cannot appear)."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(value).split()))
+
+
+def markdown_code(value: Any) -> str:
+    """``value`` as one inline code span (one line; a fence longer than any backtick run inside; ``|`` escaped so
+    that it stays in its table cell)."""
+    text = " ".join(str(value).split()).replace("|", "\\|")
+    fence = "`" * (1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _code_block(code: str, language: str = "python") -> list:
+    """A fenced code block whose fence is longer than any backtick run of ``code`` (a string inside cannot close it)."""
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", code)), default=0))
+    return [f"{fence}{language}", code, fence]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -126,7 +158,7 @@ def _image_shape(facts: Mapping[str, Any]) -> str:
 def _description(kind: str, facts: Mapping[str, Any]) -> str:
     names = _class_names(facts)
     shape, dim = _image_shape(facts), facts.get("latent_dim")
-    classes = f"{len(names)} classes: {', '.join(map(str, names[:10]))}{', ...' if len(names) > 10 else ''}" if names else ""
+    classes = f"{len(names)} classes: {', '.join(map(markdown_text, names[:10]))}{', ...' if len(names) > 10 else ''}" if names else ""
     if kind == "pipeline":
         if names:
             return (f"A label-conditional image generator built on a {PAPER}: class label → label anchor → a latent in "
@@ -266,16 +298,16 @@ def model_card(
         eval_results=eval_results,
     )
 
-    sections = [f"# {title}", "", description or _description(kind, facts), ""]
+    sections = [f"# {markdown_text(title)}", "", description or _description(kind, facts), ""]
     if base_model:
-        sections += [f"Fine-tuned from [{base_model}](https://huggingface.co/{base_model}).", ""]
+        sections += [f"Fine-tuned from [{markdown_text(base_model)}](https://huggingface.co/{quote(str(base_model), safe='/')}).", ""]
     needs = ("Needs only `torch` and `transformers`: the model code ships with the weights (`trust_remote_code=True`)."
              if facts.get("auto_map") else "Needs the `lzn_hf` package.")
-    sections += ["## Usage", "", needs, "", "```python", (usage or _usage(kind, facts, reference)).strip(), "```", ""]
+    sections += ["## Usage", "", needs, "", *_code_block((usage or _usage(kind, facts, reference)).strip()), ""]
     if metrics:
-        on = f" on {dataset_name or ', '.join(datasets)}" if datasets else ""
+        on = f" on {markdown_text(dataset_name or ', '.join(datasets))}" if datasets else ""
         sections += [f"## Results{on}", "", "| metric | value |", "|---|---|"]
-        sections += [f"| {name} | {_format_value(float(value))} |" for name, value in metrics.items()] + [""]
+        sections += [f"| {markdown_text(name)} | {_format_value(float(value))} |" for name, value in metrics.items()] + [""]
     if extra_text.strip():
         sections += [extra_text.strip(), ""]
     sections += ["## Method", "",
@@ -314,7 +346,15 @@ def write_model_card(folder: Union[str, os.PathLike], kind: Optional[str] = None
     if path.exists() and not overwrite:
         return None
     card = model_card(folder, kind, **card_fields)
-    card.save(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".README.md.", suffix=".partial")
+    try:  # a reader (or a push) never sees half a card
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            stream.write(str(card))
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
     return path
 
 

@@ -11,11 +11,13 @@ One role per module:
 * ``collective``: what is decided over all processes (non-finite skip, global class weights) and the guards of
   every forward (float32 flows, gathered anchors, the NaN loss of non-finite anchors);
 * ``optimization``: per-module Adam groups and warm-up, per-module EMA, the decoder freeze;
-* ``checkpoints``: Accelerate hooks writing `save_pretrained` folders, atomic `checkpoint-N`, resume;
+* ``checkpoints``: Accelerate hooks writing `save_pretrained` folders, atomic `checkpoint-N` with `training_state.json`,
+  resume from any folder without unpickling objects (`verify_checkpoint`);
 * ``loop``: `make_accelerator`, `prepare_training` -> `TrainingLoop` (the data stream, the steps of an update, the
   end of the loop), `end_training` (trackers, `--push_to_hub`);
 * ``reporting``: the training section of cards, sample grids, the logged history and its curves;
-* ``export``: the final model and pipeline folders, `run_config.json`, the run card, the Hub upload.
+* ``export``: the final model and pipeline folders (written whole or not at all), `run_config.json`, the run card,
+  the Hub upload.
 
 End-of-training evaluation (judge, cross-entropy ceiling, batch-mode accuracy, linear probe) is
 :mod:`lzn_hf.evaluation`. Orientation reminders: pixels are in [-1, 1]; the image decoder follows diffusers' flow
@@ -40,10 +42,15 @@ from .checkpoints import (
     CHECKPOINT_PREFIX,
     EMA_SUBFOLDER,
     MODEL_SUBFOLDER,
+    TRAINING_STATE_FILE,
+    UnsafeCheckpointError,
+    find_latest_checkpoint,
+    load_plain_pickle,
     prune_checkpoints,
     register_checkpoint_hooks,
     resume_from_checkpoint,
     save_checkpoint,
+    verify_checkpoint,
 )
 from .collective import all_processes_finite, float32_flows, gather_float32_anchors, global_class_weights, nonfinite_loss
 from .data import (
@@ -52,6 +59,7 @@ from .data import (
     SUBSET_SEED,
     EpochShuffleSampler,
     TensorImageDataset,
+    check_images,
     dataset_labels,
     is_saved_dataset,
     load_digits,
@@ -63,6 +71,7 @@ from .data import (
 from .export import (
     HUB_IGNORE_PATTERNS,
     RUN_CONFIG_FILE,
+    atomic_folder,
     push_folder_to_hub,
     read_run_config,
     save_model_folder,
@@ -84,7 +93,7 @@ __all__ = [
     "parse_training_arguments", "resolve_recipe", "local_batch_size", "TRAINING_RECIPES", "load_lzn_config",
     # data
     "DIGITS_SPLIT_SEED", "DIGITS_TEST_FRACTION", "SUBSET_SEED", "load_digits", "TensorImageDataset", "load_image_dataset",
-    "is_saved_dataset", "load_training_data", "dataset_labels", "stratified_indices", "stack_dataset", "EpochShuffleSampler",
+    "is_saved_dataset", "load_training_data", "check_images", "dataset_labels", "stratified_indices", "stack_dataset", "EpochShuffleSampler",
     # noise and augmentations
     "step_generator", "rank_randn", "rank_rand", "RF_T_MIN", "rectified_flow_inputs", "random_flip", "simclr_augment",
     # losses
@@ -96,13 +105,14 @@ __all__ = [
     "trainable_parameters",
     # checkpoints
     "CHECKPOINT_PREFIX", "MODEL_SUBFOLDER", "EMA_SUBFOLDER", "register_checkpoint_hooks", "save_checkpoint",
-    "prune_checkpoints", "resume_from_checkpoint",
+    "prune_checkpoints", "resume_from_checkpoint", "TRAINING_STATE_FILE", "UnsafeCheckpointError", "verify_checkpoint",
+    "load_plain_pickle", "find_latest_checkpoint",
     # the loop
     "make_accelerator", "prepare_training", "TrainingLoop", "TrainingCounters", "RunningMeans", "iterate_batches",
     "resume_position", "end_training",
     # reporting
     "dataset_id", "training_markdown", "save_image_grid", "TrainingHistory", "save_training_curves", "tracker_config",
     # export
-    "save_model_folder", "save_pipeline_folder", "RUN_CONFIG_FILE", "write_run_config", "read_run_config",
+    "atomic_folder", "save_model_folder", "save_pipeline_folder", "RUN_CONFIG_FILE", "write_run_config", "read_run_config",
     "write_json_atomically", "write_run_card", "HUB_IGNORE_PATTERNS", "push_folder_to_hub",
 ]

@@ -11,6 +11,7 @@ A script adds its own dataclass and calls :func:`parse_training_arguments`.
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -157,6 +158,8 @@ def resolve_recipe(arguments: TrainingArguments) -> TrainingArguments:
         raise ValueError(f"--ema_decay must be in [0, 1), got {resolved.ema_decay}")
     if resolved.lr_warmup_steps < 0:
         raise ValueError(f"--lr_warmup_steps must be >= 0, got {resolved.lr_warmup_steps}")
+    if os.path.lexists(resolved.output_dir) and not os.path.isdir(resolved.output_dir):
+        raise ValueError(f"--output_dir {resolved.output_dir!r} exists and is not a folder")
     return resolved
 
 

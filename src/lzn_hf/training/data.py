@@ -181,15 +181,71 @@ def load_image_dataset(
     dataset = dataset.select_columns([c for c in (image_column, label_column) if c is not None])
     if max_samples is not None:
         dataset = dataset.select(stratified_indices(dataset_labels(dataset), max_samples, len(dataset)).tolist())
+    dataset, decode = _image_decoder(dataset, image_column, source)
+    if train_data_dir is not None:
+        check_images(dataset, image_column, source)
 
     def transform(batch):
-        out = {"pixel_values": [_pil_to_tensor(image, resolution, num_channels) for image in batch[image_column]]}
+        out = {"pixel_values": [_pil_to_tensor(decode(image), resolution, num_channels) for image in batch[image_column]]}
         if label_column is not None:
             out["labels"] = [int(label) for label in batch[label_column]]
         return out
 
     dataset.set_transform(transform)
     return dataset, class_names
+
+
+def _image_decoder(dataset, image_column: str, source: str):
+    """``(dataset with its image column cast to Image(decode=False), decode)``: ``decode`` turns one stored image (a
+    PIL image, or the ``{"path", "bytes"}`` of an undecoded ``Image`` column) into a PIL image; a file PIL cannot read
+    raises ``ValueError`` naming it (drawn hours into a run, the message says which file to fix)."""
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    if isinstance(dataset.features.get(image_column), ImageFeature) and dataset.features[image_column].decode:
+        dataset = dataset.cast_column(image_column, ImageFeature(decode=False))
+
+    def decode(stored):
+        if not isinstance(stored, dict):
+            return stored
+        name = stored.get("path") or "an image stored in the dataset"
+        try:
+            image = Image.open(_image_source(stored))
+            image.load()
+        except Exception as error:
+            raise ValueError(f"cannot read the image {name} of {source}: {type(error).__name__}: {error}") from error
+        return image
+
+    return dataset, decode
+
+
+def check_images(dataset, image_column: str, source: str) -> int:
+    """Open every image file of an undecoded image column with PIL (``verify``: the header and, for PNG, the
+    checksums; no pixel decoding) before training starts; ``ValueError`` listing the unreadable files (first 10,
+    and how many). Returns the number checked."""
+    from PIL import Image
+
+    bad = []
+    for stored in dataset[image_column] if len(dataset) else []:
+        if not isinstance(stored, dict):
+            continue
+        path = stored.get("path")
+        try:
+            with Image.open(_image_source(stored)) as image:
+                image.verify()
+        except Exception as error:
+            bad.append(f"{path}: {type(error).__name__}: {error}")
+    if bad:
+        listed = "\n  ".join(bad[:10])
+        raise ValueError(f"{len(bad)} of the {len(dataset)} images of {source} cannot be read (fix or remove them):\n  {listed}")
+    return len(dataset)
+
+
+def _image_source(stored):
+    """The file object or path PIL opens for an undecoded ``Image`` value."""
+    import io
+
+    return io.BytesIO(stored["bytes"]) if stored.get("bytes") is not None else stored["path"]
 
 
 def is_saved_dataset(path: Optional[str]) -> bool:

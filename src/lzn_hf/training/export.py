@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
-from .checkpoints import CHECKPOINT_PREFIX
+from .checkpoints import CHECKPOINT_PREFIX, no_space_error
 
 #: The run metadata file of a training output folder.
 RUN_CONFIG_FILE = "run_config.json"
@@ -52,40 +54,91 @@ def read_run_config(folder) -> Optional[Dict[str, Any]]:
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
+    except OSError as error:
+        raise OSError(error.errno, f"cannot read {path}: {error.strerror}") from error
     if not isinstance(record, dict) or not isinstance(record.get("flags", {}), dict):
         raise ValueError(f"{path} must hold a JSON object with a 'flags' object")
     return record
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+@contextmanager
+def atomic_folder(folder: Union[str, os.PathLike]) -> Iterator[Path]:
+    """Write a folder whole or not at all: yields a temporary sibling (``.{name}.partial-*``) to write into; when the
+    block ends without error it takes the place of ``folder`` (the old folder is moved aside, the new one renamed
+    in, the old one deleted), so ``folder`` is at every moment the old folder, the new one, or (between the two
+    renames) absent; never a mix. An error removes the temporary folder and keeps the old one (a full disk says
+    "no space left on device" and names ``folder``). Leftovers of a
+    killed write (``.{name}.partial-*``, ``.{name}.old-*``) are removed first. ``folder`` existing as a file is an
+    error naming it."""
+    folder = Path(folder)
+    if os.path.lexists(folder) and (not folder.is_dir() or folder.is_symlink()):
+        raise FileExistsError(f"{folder} exists and is not a folder: move it away, or pick another --output_dir")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in [*folder.parent.glob(f".{folder.name}.partial-*"), *folder.parent.glob(f".{folder.name}.old-*")]:
+        _remove(leftover)
+    temporary = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
+    try:
+        yield temporary
+        old = None
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{temporary.name.rsplit('-', 1)[-1]}")
+            os.replace(folder, old)
+        os.replace(temporary, folder)
+    except BaseException as error:
+        _remove(temporary)
+        full = no_space_error(error, folder) if isinstance(error, Exception) else None
+        if full is not None:
+            raise full from error
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def save_model_folder(model, folder) -> Path:
-    """``save_pretrained`` of an LZN model plus the image processor the transformers pipelines need."""
+    """``save_pretrained`` of an LZN model plus the image processor the transformers pipelines need, written whole
+    or not at all (:func:`atomic_folder`); its default card names ``folder``."""
     from ..image_processing_lzn import lzn_image_processor
+    from ..model_cards import write_model_card
 
     encoder_config = model.config.image_encoder_config
-    model.save_pretrained(folder)
-    lzn_image_processor(encoder_config.image_size, encoder_config.num_channels).save_pretrained(folder)
+    with atomic_folder(folder) as temporary:
+        model.save_pretrained(temporary)
+        lzn_image_processor(encoder_config.image_size, encoder_config.num_channels).save_pretrained(temporary)
+        write_model_card(temporary, repo_id=os.fspath(folder), title=Path(folder).name)
     return Path(folder)
 
 
 def save_pipeline_folder(model, folder):
     """``save_pretrained`` of the :class:`~lzn_hf.pipeline_lzn.LZNPipeline` of an LZN model (its image decoder and
-    label anchors, a ``FlowMatchEulerDiscreteScheduler``); returns the pipeline, progress bar off, for sampling."""
+    label anchors, a ``FlowMatchEulerDiscreteScheduler``), whole or not at all (:func:`atomic_folder`); returns
+    the pipeline, progress bar off, for sampling."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
+    from ..model_cards import write_model_card
     from ..pipeline_lzn import LZNPipeline
 
     pipeline = LZNPipeline(image_decoder=model.image_decoder, label_anchors=model.label_anchors,
                            scheduler=FlowMatchEulerDiscreteScheduler())
     pipeline.set_progress_bar_config(disable=True)
-    pipeline.save_pretrained(folder)
+    with atomic_folder(folder) as temporary:
+        pipeline.save_pretrained(temporary)
+        write_model_card(temporary, "pipeline", repo_id=os.fspath(folder), title=Path(folder).name)
     return pipeline
 
 
 #: What --push_to_hub leaves out of the final folder: training state and logs.
-HUB_IGNORE_PATTERNS = [f"{CHECKPOINT_PREFIX}*", f"{CHECKPOINT_PREFIX}*/**", "logs/**", "logs", "*.jsonl"]
+HUB_IGNORE_PATTERNS = [f"{CHECKPOINT_PREFIX}*", f"{CHECKPOINT_PREFIX}*/**", "logs/**", "logs", "*.jsonl",
+                       ".*.partial*", ".*.partial*/**", ".*.old-*", ".*.old-*/**"]  # leftovers of a killed write
 
 
 def push_folder_to_hub(folder, repo_id: Optional[str] = None, token: Optional[str] = None, private: bool = False,

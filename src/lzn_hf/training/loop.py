@@ -99,21 +99,24 @@ def resume_position(global_step: int, batches_per_epoch: int, gradient_accumulat
 
 
 class TrainingCounters:
-    """Run counters kept in checkpoints (``accelerator.register_for_checkpointing``), e.g. skipped steps."""
+    """Run counters kept in checkpoints (``training_state.json``), e.g. skipped steps, the training time so far."""
 
-    def __init__(self, **values: int):
+    def __init__(self, **values: float):
         self.values = dict(values)
 
-    def __getitem__(self, key: str) -> int:
+    def __getitem__(self, key: str) -> float:
         return self.values[key]
 
-    def __setitem__(self, key: str, value: int) -> None:
+    def __setitem__(self, key: str, value: float) -> None:
         self.values[key] = value
 
-    def state_dict(self) -> Dict[str, int]:
+    def state_dict(self) -> Dict[str, float]:
         return dict(self.values)
 
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        bad = {k: v for k, v in state.items() if isinstance(v, bool) or not isinstance(v, (int, float))}
+        if bad:
+            raise ValueError(f"checkpoint counters must be numbers, got {bad}")
         self.values.update(state)
 
 
@@ -148,12 +151,14 @@ def prepare_training(accelerator, arguments: "TrainingArguments", training_modul
       batch N = B x processes, the anchors that define the zones (``loop.global_batch_size``);
     * a ``DataLoader`` of ``train_dataset`` (``{"pixel_values": [B, C, H, W], "labels": [B]}`` batches, last partial
       batch dropped) ordered by an :class:`EpochShuffleSampler` seeded by ``--seed``;
-    * checkpoint hooks writing ``save_pretrained`` folders (the LZN model is ``training_module.lzn``), the
-      skipped-update counter and ``lr_scheduler`` registered for checkpointing;
+    * checkpoint hooks writing ``save_pretrained`` folders (the LZN model is ``training_module.lzn``); the
+      counters (skipped updates, training time) and ``lr_scheduler`` go to each checkpoint's ``training_state.json``;
     * ``accelerator.prepare`` of the loss module, the optimizer and the loader; the EMA moved to the device;
     * trackers (main process) named ``tracker_project``, configured with the flags;
-    * ``--resume_from_checkpoint``: weights, EMA, optimizer, scheduler, RNG states and counters; the data position
-      follows from the step.
+    * ``--resume_from_checkpoint``: weights, EMA, optimizer, scheduler, RNG states and counters (the folder is
+      verified first: nothing in it is unpickled beyond tensors and plain containers); the data position follows
+      from the step; ``logs/history.jsonl`` is cut back to the resumed step. A checkpoint beyond
+      ``--max_train_steps`` is refused; one at it trains nothing and the script exports its weights again.
 
     Args:
         progress_postfix: progress-bar fields, ``{label: format of the logs}``, e.g. ``{"loss": "{loss:.3f}"}``.
@@ -169,15 +174,23 @@ def prepare_training(accelerator, arguments: "TrainingArguments", training_modul
     train_dataloader = torch.utils.data.DataLoader(
         train_dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=arguments.dataloader_num_workers
     )
-    counters = TrainingCounters(skipped_steps=0)
+    counters = TrainingCounters(skipped_steps=0, train_wall_time_s=0.0)
+    stateful = {"counters": counters, "lr_scheduler": lr_scheduler}  # JSON in training_state.json, never a pickle
     register_checkpoint_hooks(accelerator, ema, type(training_module.lzn))
-    accelerator.register_for_checkpointing(counters, lr_scheduler)
     training_module, optimizer, train_dataloader = accelerator.prepare(training_module, optimizer, train_dataloader)
     ema.to(accelerator.device)
     if accelerator.is_main_process and arguments.report_to:
         accelerator.init_trackers(tracker_project, config=tracker_config(arguments.to_record()))
 
-    global_step = resume_from_checkpoint(accelerator, arguments.resume_from_checkpoint, Path(arguments.output_dir))
+    global_step = resume_from_checkpoint(accelerator, arguments.resume_from_checkpoint, Path(arguments.output_dir), stateful)
+    if global_step > arguments.max_train_steps:
+        raise ValueError(f"--resume_from_checkpoint {arguments.resume_from_checkpoint!r} is at update {global_step}, beyond "
+                         f"--max_train_steps {arguments.max_train_steps}: raise --max_train_steps to train further, or resume "
+                         f"from a checkpoint at or before update {arguments.max_train_steps}")
+    if global_step == arguments.max_train_steps and arguments.resume_from_checkpoint:
+        accelerator.print(f"the checkpoint is at --max_train_steps ({global_step}): no update to do; the final folders are "
+                          "written again from its weights (the same content as the run that saved it); raise "
+                          "--max_train_steps to train further")
     logger.info(f"***** training: updates {global_step} -> {arguments.max_train_steps}, global batch {batch_size} x "
                 f"{num_processes} processes, {len(train_dataset)} images *****")
     loop = TrainingLoop(accelerator, arguments, training_module, optimizer, lr_scheduler, ema, sampler, train_dataloader, counters,
@@ -205,12 +218,15 @@ class TrainingLoop:
         self.progress_postfix, self.extra_logs = progress_postfix, extra_logs
         self.start_position = resume_position(global_step, len(train_dataloader), arguments.gradient_accumulation_steps)
         self.history = TrainingHistory(self.output_dir / arguments.logging_dir / "history.jsonl")
+        if accelerator.is_main_process:
+            self.history.truncate(global_step)  # a resumed run logs these steps again; a new run starts a new history
+        self.stateful = {"counters": counters, "lr_scheduler": lr_scheduler}
         self.progress_bar = tqdm(range(arguments.max_train_steps), initial=global_step, desc="steps",
                                  disable=not accelerator.is_local_main_process)
         self.frozen = set()
         self.running, self.micro_step, self.bad_update, self.grad_norm = RunningMeans(), 0, False, None
         self.global_step = self.steps_at_start = global_step
-        self.train_start = time.time()
+        self.train_start, self.previous_train_time = time.time(), float(counters.values.get("train_wall_time_s", 0.0))
 
     def batches(self):
         """Training batches until ``--max_train_steps`` updates are done, from where a resumed run left off."""
@@ -274,8 +290,13 @@ class TrainingLoop:
         if self.global_step % arguments.logging_steps == 0 or self.global_step == arguments.max_train_steps:
             self.log()
         if arguments.checkpointing_steps and self.global_step % arguments.checkpointing_steps == 0:
-            save_checkpoint(self.accelerator, self.output_dir, self.global_step, arguments.checkpoints_total_limit)
+            self.save_checkpoint()
         return True
+
+    def save_checkpoint(self, train_time: Optional[float] = None) -> str:
+        """``checkpoint-{global_step}`` with the counters (the training time so far included) and the schedule."""
+        self.counters["train_wall_time_s"] = self.previous_train_time + time.time() - self.train_start if train_time is None else train_time
+        return save_checkpoint(self.accelerator, self.output_dir, self.global_step, self.arguments.checkpoints_total_limit, self.stateful)
 
     def log(self) -> Dict[str, float]:
         """Means since the last logs (over micro-batches and processes: call on every process), the last gradient
@@ -303,16 +324,18 @@ class TrainingLoop:
 
     def finish(self) -> Dict[str, Any]:
         """After the last update: close the progress bar, save a last ``checkpoint-N`` if the periodic ones missed
-        the end (a resumable end state), wait for every process. Returns the timing metrics: ``train_updates``,
-        ``train_wall_time_s``, ``seconds_per_update``, ``skipped_steps``, ``num_processes``."""
+        the end (a resumable end state), wait for every process. Returns the timing metrics of the whole training,
+        resumed runs included (a run resumed at ``--max_train_steps`` reports the run that trained, not zeros):
+        ``train_updates`` (the model's updates), ``train_wall_time_s`` (the time of every run, up to the checkpoint each
+        resumed from), ``seconds_per_update``, ``updates_this_run``, ``skipped_steps``, ``num_processes``."""
         self.progress_bar.close()
-        train_time = time.time() - self.train_start
         arguments, updates = self.arguments, self.global_step - self.steps_at_start
+        train_time = self.previous_train_time + time.time() - self.train_start if updates > 0 else self.previous_train_time
         if arguments.checkpointing_steps and self.global_step % arguments.checkpointing_steps and updates > 0:
-            save_checkpoint(self.accelerator, self.output_dir, self.global_step, arguments.checkpoints_total_limit)
+            self.save_checkpoint(train_time)
         self.accelerator.wait_for_everyone()
-        return {"train_updates": updates, "train_wall_time_s": train_time, "seconds_per_update": train_time / max(1, updates),
-                "skipped_steps": self.counters["skipped_steps"], "num_processes": self.accelerator.num_processes}
+        return {"train_updates": self.global_step, "train_wall_time_s": train_time, "seconds_per_update": train_time / max(1, self.global_step),
+                "updates_this_run": updates, "skipped_steps": self.counters["skipped_steps"], "num_processes": self.accelerator.num_processes}
 
     def averaged_model(self):
         """A CPU copy of the LZN model holding the EMA weights, in eval mode."""

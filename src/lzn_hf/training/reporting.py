@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -27,11 +28,14 @@ def dataset_id(dataset_name: Optional[str], train_data_dir: Optional[str] = None
 
 
 def training_markdown(arguments: "TrainingArguments", global_batch_size: int, script: str, extra: Optional[Mapping[str, Any]] = None) -> str:
-    """A "## Training" section for model cards: the command line's essentials and the hyper-parameters."""
+    """A "## Training" section for model cards: the command line's essentials and the hyper-parameters (every value
+    escaped: a path or name from the command line shows literally, never as markup)."""
+    from ..model_cards import markdown_code, markdown_text
+
     rows = {
-        "script": f"`examples/{script}`",
-        "config (preset)": f"`{arguments.config}`",
-        "data": f"`{dataset_id(arguments.dataset_name, arguments.train_data_dir)}`",
+        "script": markdown_code(f"examples/{script}"),
+        "config (preset)": markdown_code(arguments.config),  # a preset name or a user's path: shown literally
+        "data": markdown_code(dataset_id(arguments.dataset_name, arguments.train_data_dir)),
         "updates": arguments.max_train_steps,
         "global batch (anchors per zone set)": global_batch_size,
         "learning rates (encoder / decoder / label anchors)":
@@ -41,7 +45,9 @@ def training_markdown(arguments: "TrainingArguments", global_batch_size: int, sc
         "seed": arguments.seed,
         **(extra or {}),
     }
-    lines = ["## Training", "", "| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows.items()]
+    code = {"script", "config (preset)", "data"}
+    lines = ["## Training", "", "| setting | value |", "|---|---|"] + [
+        f"| {markdown_text(k)} | {v if k in code else markdown_text(v)} |" for k, v in rows.items()]
     return "\n".join(lines)
 
 
@@ -65,8 +71,21 @@ def save_image_grid(rows: Sequence[np.ndarray], path, row_labels: Optional[Seque
             array = (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
             tile = Image.fromarray(array[..., 0] if channels == 1 else array).convert("RGB").resize((cell_w, cell_h), Image.NEAREST)
             canvas.paste(tile, (label_w + pad + j * (cell_w + pad), top))
-    canvas.save(path)
+    _write_atomically(path, lambda temporary: canvas.save(temporary, format="PNG"))
     return Path(path)
+
+
+def _write_atomically(path, write) -> None:
+    """``write(temporary)`` into a hidden sibling of ``path``, then rename it over ``path`` (never half a file)."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if temporary.exists():
+            temporary.unlink()
+        raise
 
 
 class TrainingHistory:
@@ -80,6 +99,29 @@ class TrainingHistory:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as handle:
             handle.write(json.dumps({"step": int(step), **{k: float(v) for k, v in values.items()}}) + "\n")
+
+    def truncate(self, step: int) -> int:
+        """Keep only the records of steps up to ``step`` (a run resumed from ``checkpoint-{step}`` logs the later
+        steps again; ``step`` 0: a new run in the same folder). Rewritten atomically; returns the records dropped.
+        A line that is not JSON (a run killed mid-write) is dropped too."""
+        if not self.path.is_file():
+            return 0
+        kept, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                keep = isinstance(record, dict) and int(record["step"]) <= step
+            except (ValueError, KeyError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            _write_atomically(self.path, lambda temporary: temporary.write_text("".join(f"{line}\n" for line in kept)))
+        return dropped
 
     def read(self) -> Dict[str, List[Tuple[int, float]]]:
         """``{name: [(step, value), ...]}``, steps increasing, the latest write winning after a resume."""
@@ -125,7 +167,7 @@ def save_training_curves(history: Mapping[str, List[Tuple[int, float]]], path, k
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    _write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=110, format="png"))
     plt.close(figure)
     return Path(path)
 
