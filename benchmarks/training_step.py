@@ -20,11 +20,11 @@ import argparse
 import importlib.util
 import multiprocessing as mp
 import resource
-import statistics
 import time
 from pathlib import Path
 
 import torch
+from latent_flow import matmul_rate  # benchmarks/latent_flow.py
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -151,15 +151,6 @@ def count_flops(preset, script_name, batch):
     return counter.get_total_flops()
 
 
-def matmul_rate(dtype, size=2048, repeats=6):
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - start)  # flop/s
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: %(default)s)")
@@ -171,7 +162,7 @@ def main():
     cases = [case for case in CASES if not args.quick or case[0].startswith("digits")]
     modes = MODES + (("bf16+compile",) if args.compile else ())
 
-    rates = {dtype: matmul_rate(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    rates = {dtype: matmul_rate(repeats=6, dtype=dtype) for dtype in (torch.float32, torch.bfloat16)}
     print(f"torch {torch.__version__}, {args.threads} thread(s); 2048² matmul: float32 {rates[torch.float32] / 1e9:.0f} GFLOP/s, "
           f"bf16 {rates[torch.bfloat16] / 1e9:.0f} GFLOP/s\n")
     print("| preset (batch) | mode | step (fastest) | speed-up vs float32 | activation memory | vs float32 | conv+matmul rate | "
