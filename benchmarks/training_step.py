@@ -4,6 +4,7 @@ peak memory and the achieved convolution/matmul FLOP rate against the machine's 
 Run:  python benchmarks/training_step.py --threads 1                 (about 2 minutes on 2 busy CPU cores)
       python benchmarks/training_step.py --threads 1 --quick         (the digits presets only)
       python benchmarks/training_step.py --threads 1 --compile       (adds torch.compile of the networks; slow to build)
+      python benchmarks/training_step.py --threads 1 --optimizer     (the Adam and EMA steps alone)
 
 A step is what the example scripts do per update: the case study's training module (imported from
 `examples/train_*.py`) forward under autocast as Accelerate applies it, backward, the Adam step (fused, as the
@@ -155,6 +156,36 @@ def count_flops(preset, script_name, batch):
     return counter.get_total_flops()
 
 
+def optimizer_and_ema_times(preset, rounds=5):
+    """``{name: seconds}``: one Adam step (for-each vs fused) and one EMA step (the per-tensor formula before
+    issue 15 vs ``_foreach_lerp_``) over every parameter of ``preset``'s model, the fastest of ``rounds``
+    interleaved calls."""
+    from lzn_hf import LZNModel
+    from lzn_hf.training import ExponentialMovingAverage, adam_with_warmup, load_lzn_config
+
+    model = LZNModel(load_lzn_config(preset, None, None))
+    parameters = list(model.parameters())
+    for p in parameters:
+        p.grad = torch.randn_like(p) * 1e-3
+    foreach, fused = (adam_with_warmup({"all": (model, 1e-4)}, 0, fused=flag)[0] for flag in (False, True))
+    ema, shadows = ExponentialMovingAverage(parameters, 0.999), [p.detach().clone() for p in parameters]
+
+    @torch.no_grad()
+    def per_tensor_ema():
+        for shadow, p in zip(shadows, parameters):
+            shadow.sub_(1e-3 * (shadow - p))
+
+    calls = {"Adam for-each": foreach.step, "Adam fused": fused.step, "EMA per-tensor": per_tensor_ema,
+             "EMA _foreach_lerp_": lambda: ema.step(parameters)}
+    times = {name: float("inf") for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name] = min(times[name], time.perf_counter() - start)
+    return times
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: %(default)s)")
@@ -162,11 +193,18 @@ def main():
     parser.add_argument("--quick", action="store_true", help="the digits presets only")
     parser.add_argument("--presets", nargs="+", help="only these presets")
     parser.add_argument("--compile", action="store_true", help="add bf16 + torch.compile of the encoder and decoder")
+    parser.add_argument("--optimizer", action="store_true", help="only the Adam and EMA steps (digits-joint, cifar10-joint)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cases = [case for case in CASES if (not args.quick or case[0].startswith("digits")) and (not args.presets or case[0] in args.presets)]
     modes = MODES + (("bf16+compile",) if args.compile else ())
 
+    if args.optimizer:
+        print("| model (parameters) | " + " | ".join(("Adam for-each", "Adam fused", "EMA per-tensor", "EMA _foreach_lerp_")) + " |\n|---|---|---|---|---|")
+        for preset in ("digits-joint", "cifar10-joint"):
+            times = optimizer_and_ema_times(preset)
+            print(f"| {preset} | " + " | ".join(f"{t * 1e3:.1f} ms" for t in times.values()) + " |", flush=True)
+        return
     print(f"torch {torch.__version__}, {args.threads} thread(s); timed rounds: {args.repeats}\n")
     print("| preset (batch) | mode | step (fastest) | speed-up vs float32 | activation memory | vs float32 | conv+matmul rate | "
           "% of bf16 matmul | % of float32 matmul |")
