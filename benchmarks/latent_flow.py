@@ -134,8 +134,9 @@ def run_case(implementation, task, batch, num_anchors, dim, repeats):
     return result
 
 
-def matmul_rate(size=2048, repeats=10):
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_rate(size=2048, repeats=10, dtype=torch.float32):
+    """The machine's matmul rate (flop/s) in ``dtype`` with the current thread count."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
     start = time.perf_counter()
     for _ in range(repeats):

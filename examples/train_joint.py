@@ -17,6 +17,7 @@ the classifier with its anchor bank (`classifier/`), model cards, `samples.png`,
 
     accelerate launch examples/train_joint.py
     accelerate launch examples/train_joint.py --config cifar10-joint            # the paper's case study 3
+    accelerate launch examples/train_joint.py --mixed_precision bf16           # networks in bf16, flows/weights/EMA float32
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \\
         --mixed_precision no --dynamo_backend no examples/train_joint.py      # two CPU processes (gloo)
 """

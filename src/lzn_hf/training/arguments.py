@@ -69,15 +69,19 @@ class OptimizationArguments:
     adam_beta2: float = flag(0.999)
     adam_epsilon: float = flag(1e-8)
     adam_weight_decay: float = flag(0.0)
+    adam_fused: Optional[bool] = flag(
+        None, "the fused Adam kernel (same update up to float rounding); default: fused where the device has it, else for-each.")
     max_grad_norm: float = flag(1.0, "global gradient-norm clip over trained parameters.")
     ema_decay: Optional[float] = flag(None, "EMA decay of every module; the effective decay is min(decay, (1 + n) / (10 + n)).")
     mixed_precision: Optional[str] = flag(
-        None, "default: accelerate's config (the paper trains in fp32; the latent flows stay fp32).", choices=["no", "fp16", "bf16"])
+        None, "bf16 (CPU or GPU) or fp16 (GPU): the networks under autocast; weights, optimizer, EMA and the latent flows stay "
+              "float32. Default: accelerate's config (float32 unless configured; the paper trains in float32).", choices=["no", "fp16", "bf16"])
     seed: int = flag(0, "model init, data order and every noise draw.")
 
     def adam_options(self) -> Dict[str, Any]:
-        """``betas``, ``eps``, ``weight_decay`` of :func:`~lzn_hf.training.optimization.adam_with_warmup`."""
-        return {"betas": (self.adam_beta1, self.adam_beta2), "eps": self.adam_epsilon, "weight_decay": self.adam_weight_decay}
+        """``betas``, ``eps``, ``weight_decay``, ``fused`` of :func:`~lzn_hf.training.optimization.adam_with_warmup`."""
+        return {"betas": (self.adam_beta1, self.adam_beta2), "eps": self.adam_epsilon, "weight_decay": self.adam_weight_decay,
+                "fused": self.adam_fused}
 
 
 @dataclass

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from tqdm.auto import tqdm
@@ -46,11 +47,66 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+#: Set by ``accelerate launch`` (every launcher) in its processes' environment: how a process knows it was launched.
+LAUNCHER_MARKER = "ACCELERATE_DYNAMO_BACKEND"
+
+
+def _launcher_setting(parent_pid: int) -> Optional[Tuple[Mapping[str, str], Sequence[str]]]:
+    """``(environment, argv)`` the launcher process (``parent_pid``) was started with, from ``/proc``; None where
+    unreadable (not Linux, or another user's process)."""
+    try:
+        environ = Path(f"/proc/{parent_pid}/environ").read_bytes().split(b"\0")
+        argv = Path(f"/proc/{parent_pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    pairs = (item.decode(errors="replace").partition("=") for item in environ if b"=" in item)
+    return {key: value for key, _, value in pairs}, [item.decode(errors="replace") for item in argv if item]
+
+
+def cpu_threads_per_process(environ: Mapping[str, str], num_local_processes: int, num_cores: int,
+                            launcher: Optional[Tuple[Mapping[str, str], Sequence[str]]] = None) -> Optional[int]:
+    """The torch thread count a CPU process should use: its share of the cores (``num_cores // num_local_processes``,
+    at least 1), or None when the user chose the count.
+
+    The user chose it when ``OMP_NUM_THREADS`` is set outside ``accelerate launch``, or, under ``accelerate launch``
+    (``environ`` holds :data:`LAUNCHER_MARKER`), when the launcher itself was started with ``OMP_NUM_THREADS`` in its
+    environment or with ``--num_cpu_threads_per_process``. Otherwise the launcher's ``OMP_NUM_THREADS=1`` is its
+    implicit default, which this overrides. ``launcher``: the launcher's ``(environment, argv)``
+    (:func:`_launcher_setting`); when it cannot be read, only a launcher value other than 1 counts as chosen.
+    """
+    if num_local_processes < 1 or num_cores < 1:
+        raise ValueError(f"num_local_processes and num_cores must be >= 1, got {num_local_processes} and {num_cores}")
+    share = max(1, num_cores // num_local_processes)
+    if "OMP_NUM_THREADS" not in environ:
+        return share
+    if LAUNCHER_MARKER not in environ:
+        return None  # set by the user (or a launcher that is not accelerate's)
+    if launcher is None:
+        return share if environ["OMP_NUM_THREADS"] == "1" else None
+    launcher_environ, launcher_argv = launcher
+    chosen = "OMP_NUM_THREADS" in launcher_environ or any(arg.startswith("--num_cpu_threads_per_process") for arg in launcher_argv)
+    return None if chosen else share
+
+
+def use_cpu_cores(num_local_processes: int) -> Optional[int]:
+    """Set torch's thread count to this process's share of the cores unless the user chose it
+    (:func:`cpu_threads_per_process`); returns the count set, or None."""
+    num_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    launcher = _launcher_setting(os.getppid()) if LAUNCHER_MARKER in os.environ else None
+    threads = cpu_threads_per_process(os.environ, num_local_processes, num_cores, launcher)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return threads
+
+
 def make_accelerator(arguments: "TrainingArguments", find_unused_parameters: bool = False):
     """diffusers-style ``Accelerator`` with a ``ProjectConfiguration`` (trackers log to ``output_dir/logging_dir``)
     and Python logging set up (INFO on the main process, warnings elsewhere).
 
     ``find_unused_parameters``: DDP must not wait for gradients of parts that stop training (a frozen decoder).
+    ``--mixed_precision bf16`` (or fp16 on a GPU): the networks' forwards run under autocast, the master weights,
+    optimizer state and EMA stay float32, and the latent flows leave autocast (:func:`~.collective.float32_flows`).
+    On CPU every process uses its share of the cores (:func:`use_cpu_cores`) unless the thread count was chosen.
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
@@ -71,6 +127,10 @@ def make_accelerator(arguments: "TrainingArguments", find_unused_parameters: boo
     for library in (transformers, diffusers):
         (library.utils.logging.set_verbosity_warning if accelerator.is_main_process else library.utils.logging.set_verbosity_error)()
         library.utils.logging.disable_progress_bar()
+    if accelerator.device.type == "cpu":
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        threads = use_cpu_cores(local_processes)
+        logger.info(f"CPU threads per process: {torch.get_num_threads()}" + (" (the user's choice)" if threads is None else ""))
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     return accelerator

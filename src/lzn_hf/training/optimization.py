@@ -1,6 +1,7 @@
 """Optimisation: per-module Adam groups, upstream's warm-up, per-module EMA, the decoder freeze.
 
-* :func:`module_param_groups` / :func:`adam_with_warmup`: one Adam group per part, ``LinearLR`` warm-up;
+* :func:`module_param_groups` / :func:`adam_with_warmup`: one Adam group per part (fused kernel where the device
+  has it), ``LinearLR`` warm-up;
 * :class:`ExponentialMovingAverage` / :class:`ModuleEMA`: upstream's EMA (warm-up ``min(decay, (1 + n) / (10 + n))``),
   one per part of the model, so that a frozen part's average stops;
 * :func:`freeze_module`, :func:`trainable_parameters` (the gradient-clip set).
@@ -38,18 +39,36 @@ def linear_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.
     return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup_steps, end_factor=1.0, total_iters=warmup_steps)
 
 
+def fused_adam_supported(parameters: Sequence[torch.Tensor]) -> bool:
+    """Whether ``torch.optim.Adam(fused=True)`` takes these parameters: floating point, on a device with the fused
+    kernel (CPU, CUDA, ... as this torch build lists them)."""
+    for device, dtype in {(p.device, p.dtype) for p in parameters}:
+        try:  # Adam checks device and dtype when it is built: ask it with an empty tensor of each kind
+            torch.optim.Adam([torch.empty(0, device=device, dtype=dtype, requires_grad=dtype.is_floating_point)], fused=True)
+        except (RuntimeError, ValueError):
+            return False
+    return True
+
+
 def adam_with_warmup(modules: Mapping[str, Tuple[Optional[nn.Module], float]], warmup_steps: int, betas: Tuple[float, float] = (0.9, 0.999),
-                     eps: float = 1e-8, weight_decay: float = 0.0):
+                     eps: float = 1e-8, weight_decay: float = 0.0, fused: Optional[bool] = None):
     """The optimizer and schedule of every script: Adam over :func:`module_param_groups` and :func:`linear_warmup`
     over ``warmup_steps`` (``--lr_warmup_steps``; ``betas``, ``eps``, ``weight_decay``: ``--adam_*``).
 
     Args:
         modules: ``{name: (module or None, learning rate)}``, one parameter group each.
+        fused: the fused Adam kernel (one kernel for every parameter: the same update as the for-each one up to
+            float rounding). None: fused where the device has it (:func:`fused_adam_supported`), the for-each
+            implementation elsewhere; True: fused or an error; False: never.
     Returns:
         ``(optimizer, lr_scheduler)``. The scheduler is stepped once per update, whatever the number of processes,
         so it is not handed to ``accelerator.prepare`` (registered for checkpointing instead).
     """
-    optimizer = torch.optim.Adam(module_param_groups(modules), betas=betas, eps=eps, weight_decay=weight_decay)
+    groups = module_param_groups(modules)
+    if fused is None:
+        fused = fused_adam_supported([p for group in groups for p in group["params"]])
+    kernel = {"fused": True} if fused else {"foreach": True}
+    optimizer = torch.optim.Adam(groups, betas=betas, eps=eps, weight_decay=weight_decay, **kernel)
     return optimizer, linear_warmup(optimizer, warmup_steps)
 
 
@@ -57,7 +76,8 @@ class ExponentialMovingAverage:
     """EMA of a module's parameters with upstream's warm-up (score_sde's formula).
 
     At the n-th update (n = 1, 2, ...): ``decay_n = min(decay, (1 + n) / (10 + n))`` and
-    ``shadow <- decay_n * shadow + (1 - decay_n) * param``. With decay >= 0.9999 the warm-up term binds for
+    ``shadow <- decay_n * shadow + (1 - decay_n) * param`` (one ``torch._foreach_lerp_`` over every tensor; the
+    shadow stays in its own dtype, float32 for float32 master weights). With decay >= 0.9999 the warm-up term binds for
     most of training (the EMA averages roughly the last n / 9 steps).
 
     Not diffusers' ``EMAModel``: that one counts updates from 0 (``(1 + n) / (10 + n)`` one step earlier), copies
@@ -83,8 +103,8 @@ class ExponentialMovingAverage:
         parameters = list(parameters)
         if len(parameters) != len(self.shadow_params):
             raise ValueError(f"EMA holds {len(self.shadow_params)} tensors, got {len(parameters)} parameters")
-        for shadow, param in zip(self.shadow_params, parameters):
-            shadow.sub_(one_minus_decay * (shadow - param.detach().to(shadow.dtype)))
+        # shadow <- shadow + (1 - decay_n) (param - shadow), as one multi-tensor op over every tensor
+        torch._foreach_lerp_(self.shadow_params, [p.detach().to(s.dtype) for s, p in zip(self.shadow_params, parameters)], one_minus_decay)
 
     @torch.no_grad()
     def copy_to(self, parameters: Iterable[torch.nn.Parameter]) -> None:
