@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from lzn_hf import latent_flow
 from lzn_hf.latent_flow import anchor_posteriors, anchor_velocity, anchors_to_latents, latents_to_anchors
 
-from test_latent_flow import materialised_posterior_mean, materialised_velocity, rel_err
+from test_latent_flow import materialised_posterior_mean, rel_err
 
 OFFSETS = [0.0, 1e2, 1e3, 1e4]
 

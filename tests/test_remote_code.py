@@ -187,7 +187,9 @@ def test_unconditional_code_folder(tmp_path):
     index = json.loads((tmp_path / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline_lzn", "LZNPipeline"] and index["label_anchors"] == [None, None]
     assert (tmp_path / "image_decoder" / "modeling_lzn.py").is_file() and not (tmp_path / "label_anchors").exists()
-    assert "pipe(num_images=4" in (tmp_path / "README.md").read_text()
+    card = (tmp_path / "README.md").read_text()
+    assert "pipe(num_images=4" in card and "DiffusionPipeline.from_pretrained" in card, card
+    assert "Needs only `torch` and `diffusers`" in card and "Needs the `lzn_hf` package" not in card, card
     loaded = LZNPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
     call = {"batch_size": 2, "num_inference_steps": 2, "output_type": "pt"}

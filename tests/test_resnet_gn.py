@@ -5,10 +5,9 @@ Conversion of upstream checkpoints and parity with upstream's outputs: tests/tes
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from lzn_hf.resnet_gn import ResNetGNEncoder, resnet_gn_kwargs_from_summary
+from lzn_hf.resnet_gn import ResNetGNEncoder
 
 
 # ------------------------------------------------------------------------------- module behaviour
@@ -67,12 +66,3 @@ def test_gradient_checkpointing_same_output_and_grads():
         assert torch.allclose(g0[name], g1[name], atol=1e-5, rtol=1e-5), name
     with torch.no_grad():  # checkpointing is bypassed without grad
         assert torch.allclose(model(x), a0, atol=1e-6, rtol=0)
-
-
-def test_kwargs_from_summary_variants():
-    kw = resnet_gn_kwargs_from_summary({"depth": 50, "head_num_layers": 2, "head_out_dim": 256, "width_multiplier": 1})
-    assert kw["depths"] == (3, 4, 6, 3) and kw["projection_dim"] == 256
-    with pytest.raises(ValueError, match="sk_ratio"):
-        resnet_gn_kwargs_from_summary({"depth": 50, "sk_ratio": 0.0625})
-    with pytest.raises(ValueError, match="backbone_channels_out"):
-        resnet_gn_kwargs_from_summary({"layers": [3, 4, 6, 3], "backbone_channels_out": 1024})

@@ -461,7 +461,7 @@ LZN_PRESETS: Dict[str, Dict[str, Any]] = {
         "label_anchors_config": {"num_classes": 10, "latent_dim": 200, "id2label": dict(enumerate(CIFAR10_CLASSES))},
     },
     # the CPU demo: 8x8 scikit-learn digits, joint generation + classification
-    # (0.17 M-parameter encoder, 0.43 M-parameter decoder, d = 32; its training recipe is in training_utils)
+    # (0.17 M-parameter encoder, 0.43 M-parameter decoder, d = 32; its training recipe is in lzn_hf.training.recipes)
     "digits-joint": {
         "image_encoder_config": {**_TINY_TRUNK, "latent_dim": 32, "head_channels": 8, "head_hidden_dim": 64},
         "image_decoder_config": {**_TINY_TRUNK, "latent_dim": 32, "nf": 24, "num_classes": 10},

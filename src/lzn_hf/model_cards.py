@@ -98,6 +98,8 @@ def detect_kind(folder: Union[str, os.PathLike]) -> str:
     folder = Path(folder)
     if (folder / "model_index.json").is_file():
         class_name = _read_json(folder / "model_index.json").get("_class_name")
+        if isinstance(class_name, list) and len(class_name) == 2:  # a folder that carries its code: [module, class]
+            class_name = class_name[1]
         if class_name != "LZNPipeline":
             raise ValueError(f"{folder}/model_index.json is not an LZNPipeline's (_class_name={class_name!r})")
         return "pipeline"
@@ -125,6 +127,7 @@ def _folder_facts(folder: Path, kind: str) -> Dict[str, Any]:
         if (index.get("label_anchors") or [None])[0] is not None and anchors.is_file():
             facts["id2label"] = _read_json(anchors).get("id2label") or {}
         facts["scheduler"] = (index.get("scheduler") or [None, None])[1]
+        facts["carries_code"] = isinstance(index.get("_class_name"), list)  # save_pretrained(include_code=True)
         return facts
     config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
     encoder = config.get("image_encoder_config") or {}
@@ -190,7 +193,11 @@ def _usage(kind: str, facts: Mapping[str, Any], reference: str) -> str:
     size, channels = facts.get("image_size") or 32, facts.get("num_channels") or 3
     auto_map = facts.get("auto_map") or {}
     if kind == "pipeline":
-        lines = ["import torch", "from lzn_hf.pipeline_lzn import LZNPipeline", "", f"pipe = LZNPipeline.from_pretrained({reference})"]
+        if facts.get("carries_code"):
+            load = f"pipe = DiffusionPipeline.from_pretrained({reference}, trust_remote_code=True)  # the folder's code; no lzn_hf needed"
+            lines = ["import torch", "from diffusers import DiffusionPipeline", "", load]
+        else:
+            lines = ["import torch", "from lzn_hf.pipeline_lzn import LZNPipeline", "", f"pipe = LZNPipeline.from_pretrained({reference})"]
         if names:
             lines.append(f"images = pipe(labels=[{json.dumps(str(names[0]))}], num_images_per_label=4, generator=torch.manual_seed(0)).images  # PIL images")
         else:
@@ -301,8 +308,12 @@ def model_card(
     sections = [f"# {markdown_text(title)}", "", description or _description(kind, facts), ""]
     if base_model:
         sections += [f"Fine-tuned from [{markdown_text(base_model)}](https://huggingface.co/{quote(str(base_model), safe='/')}).", ""]
-    needs = ("Needs only `torch` and `transformers`: the model code ships with the weights (`trust_remote_code=True`)."
-             if facts.get("auto_map") else "Needs the `lzn_hf` package.")
+    if facts.get("carries_code"):
+        needs = "Needs only `torch` and `diffusers`: the pipeline's code ships with the weights (`trust_remote_code=True`)."
+    elif facts.get("auto_map"):
+        needs = "Needs only `torch` and `transformers`: the model code ships with the weights (`trust_remote_code=True`)."
+    else:
+        needs = "Needs the `lzn_hf` package."
     sections += ["## Usage", "", needs, "", *_code_block((usage or _usage(kind, facts, reference)).strip()), ""]
     if metrics:
         on = f" on {markdown_text(dataset_name or ', '.join(datasets))}" if datasets else ""

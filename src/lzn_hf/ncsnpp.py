@@ -23,7 +23,7 @@ residual blocks (optionally FIR up/down-sampling), channel self-attention, Group
   ``x_t = t * x1 + (1 - t) * x0`` and the network predicts ``x1 - x0``. The pipeline layer converts
   to diffusers' flow-matching orientation.
 
-This module depends on ``torch`` only; checkpoint conversion lives in :mod:`lzn_hf.convert_ncsnpp`.
+This module depends on ``torch`` only; checkpoint conversion lives in :mod:`lzn_hf.conversion.ncsnpp`.
 FIR resampling uses a pure-PyTorch ``upfirdn2d`` (no compiled ops).
 
 Only the block variants used by the released LZN models are implemented: ``resblock_type="biggan"``,

@@ -118,7 +118,7 @@ class LZNPipeline(DiffusionPipeline):
         super().save_pretrained(save_directory, safe_serialization=safe_serialization, variant=variant, max_shard_size=max_shard_size, **kwargs)
         if include_code:
             self._save_code(save_directory)
-        write_model_card(save_directory, kind="pipeline", overwrite=False, usage=self._remote_code_usage(save_directory))
+        write_model_card(save_directory, kind="pipeline", overwrite=False)  # a code-carrying folder's card loads it without lzn_hf
         if push_to_hub:
             repo_id = push_kwargs.pop("repo_id", Path(save_directory).name)
             repo_id = create_repo(repo_id, exist_ok=True, private=push_kwargs.pop("private", None), token=push_kwargs.get("token")).repo_id
@@ -126,10 +126,7 @@ class LZNPipeline(DiffusionPipeline):
 
     def _upload_folder(self, working_dir, repo_id, *args, **kwargs):
         # diffusers' push paths write a placeholder card just before this call: put lzn_hf's card in its place.
-        if prepare_upload(working_dir, repo_id):
-            usage = self._remote_code_usage(working_dir, repo_id)
-            if usage:  # the folder carries its code: show the loading that needs no lzn_hf
-                write_model_card(working_dir, repo_id=repo_id, usage=usage)
+        prepare_upload(working_dir, repo_id)
         return super()._upload_folder(working_dir, repo_id, *args, **kwargs)
 
     def _save_code(self, folder: Union[str, os.PathLike]) -> None:
@@ -145,21 +142,6 @@ class LZNPipeline(DiffusionPipeline):
             if component is not None and type(component).__module__.split(".")[0] not in _LIBRARIES_WITHOUT_CODE:
                 index[name] = [_copy_module_files(type(component), folder / name), type(component).__name__]
         _write_text_atomically(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
-
-    def _remote_code_usage(self, folder, repo_id: Optional[str] = None) -> Optional[str]:
-        """The model card's usage snippet for a folder that carries its code (None for other folders)."""
-        index = json.loads((Path(folder) / self.config_name).read_text())
-        if not isinstance(index.get("_class_name"), list):
-            return None
-        reference = json.dumps(repo_id or str(folder))
-        call = f"labels=[{json.dumps(self.id2label[0])}], num_images_per_label=4" if self.is_conditional else "num_images=4"
-        return "\n".join([
-            "import torch",
-            "from diffusers import DiffusionPipeline",
-            "",
-            f"pipe = DiffusionPipeline.from_pretrained({reference}, trust_remote_code=True)  # the folder's code; no lzn_hf needed",
-            f"images = pipe({call}, generator=torch.manual_seed(0)).images  # PIL images",
-        ])  # fmt: skip
 
     @classmethod
     def load_config(cls, *args, **kwargs):

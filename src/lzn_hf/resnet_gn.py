@@ -25,12 +25,12 @@ the first block of every stage, ``conv1x1(stride) -> GN`` (no ReLU, gamma initia
 No convolution has a bias.
 
 The module only depends on ``torch``; the checkpoint converter lives in
-:mod:`lzn_hf.convert_resnet_gn`.
+:mod:`lzn_hf.conversion.resnet_gn`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -45,7 +45,6 @@ __all__ = [
     "ProjectionHeadGN",
     "ResNetGNEncoder",
     "init_resnet_gn_module",
-    "resnet_gn_kwargs_from_summary",
 ]
 
 #: Blocks per stage for the standard bottleneck depths (the upstream factory accepts these depths).
@@ -370,50 +369,3 @@ class ResNetGNEncoder(nn.Module):
             f"projection_dim={self.projection_dim}, head_num_layers={self.head_num_layers}, "
             f"num_groups={self.num_groups}, gradient_checkpointing={self.gradient_checkpointing}"
         )
-
-
-def resnet_gn_kwargs_from_summary(summary: Mapping[str, Any]) -> Dict[str, Any]:
-    """Constructor kwargs for :class:`ResNetGNEncoder` from an upstream ResNet summary block.
-
-    Accepts the parity fixture's ``reference_config.json["summary"]["resnet"]`` (or
-    ``["encoder_effective"]``), the layout file's ``config_summary["resnet"]["effective"]``, or a raw
-    upstream ``encoder.params`` dict (``depth``, ``width_multiplier``, ``head_out_dim``,
-    ``head_num_layers``). Raises ``ValueError`` for settings this port does not implement
-    (selective-kernel ``sk_ratio > 0``, an input rescale other than ``(x + 1) / 2``) or inconsistent values.
-    """
-    s = dict(summary)
-    if "layers" in s:
-        depths = tuple(int(v) for v in s["layers"])
-    else:
-        depth = int(s.get("depth", 50))
-        if depth not in RESNET_DEPTH_TO_LAYERS:
-            raise ValueError(f"unsupported ResNet depth {depth}; known: {sorted(RESNET_DEPTH_TO_LAYERS)}")
-        depths = RESNET_DEPTH_TO_LAYERS[depth]
-    if "depth" in s and int(s["depth"]) in RESNET_DEPTH_TO_LAYERS and "layers" in s:
-        if RESNET_DEPTH_TO_LAYERS[int(s["depth"])] != depths:
-            raise ValueError(f"depth {s['depth']} disagrees with layers {list(depths)}")
-    if float(s.get("sk_ratio", 0) or 0) != 0:
-        raise ValueError("selective-kernel ResNets (sk_ratio > 0) are not supported")
-    rescale = s.get("input_rescale", "(x + 1) / 2")
-    if rescale.replace(" ", "") != "(x+1)/2":
-        raise ValueError(f"unsupported input rescale {rescale!r}")
-    width = int(s.get("width_multiplier", 1))
-    groups = s.get("groupnorm_groups", None)
-    head_groups = s.get("head_groupnorm_groups", None)
-    if groups is None and head_groups:
-        groups = head_groups[0]
-    groups = int(groups) if groups is not None else 32
-    if head_groups and any(int(g) != groups for g in head_groups):
-        raise ValueError(f"mixed GroupNorm group counts are not supported: {head_groups}")
-    kwargs: Dict[str, Any] = {
-        "depths": depths,
-        "width_multiplier": width,
-        "projection_dim": int(s.get("head_out_dim", 256)),
-        "head_num_layers": int(s.get("head_num_layers", 2)),
-        "num_groups": groups,
-        "gradient_checkpointing_segments": int(s.get("num_gradient_checkpoint_segments", 5)),
-    }
-    expected_out = 64 * BOTTLENECK_EXPANSION * width * 2 ** (len(depths) - 1)
-    if "backbone_channels_out" in s and int(s["backbone_channels_out"]) != expected_out:
-        raise ValueError(f"backbone_channels_out {s['backbone_channels_out']} != derived {expected_out}")
-    return kwargs

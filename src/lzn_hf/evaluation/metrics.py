@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..pipeline_lzn import upstream_euler_sigmas
+
 INCEPTION_SIZE = 299
 
 
@@ -213,7 +215,7 @@ def reconstruction_error(
         raise ValueError("this decoder is label-conditional: pass the images' `class_labels`")
     if latents is not None and tuple(latents.shape) != (len(pixel_values), decoder.config.latent_dim):
         raise ValueError(f"`latents` must have shape [{len(pixel_values)}, {decoder.config.latent_dim}], got {tuple(latents.shape)}")
-    sigmas = [1.0 - (1e-3 + k * (1.0 - 1e-3) / num_steps) for k in range(num_steps)] + [0.0]  # decreasing
+    sigmas = upstream_euler_sigmas(num_steps) + [0.0]  # decreasing, the sampler's grid
     batch_size = batch_size or len(pixel_values)
     total = 0.0
     for start in range(0, len(pixel_values), batch_size):
