@@ -33,12 +33,13 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 from urllib.parse import quote
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from ._atomic import write_text_atomically
 
 __all__ = ["MODEL_CARD_KINDS", "detect_kind", "model_card", "write_model_card", "is_generated_boilerplate", "prepare_upload",
            "markdown_text", "markdown_code"]
@@ -357,16 +358,7 @@ def write_model_card(folder: Union[str, os.PathLike], kind: Optional[str] = None
     if path.exists() and not overwrite:
         return None
     card = model_card(folder, kind, **card_fields)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".README.md.", suffix=".partial")
-    try:  # a reader (or a push) never sees half a card
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(str(card))
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    return path
+    return write_text_atomically(path, str(card))  # a reader (or a push) never sees half a card
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
 
-from ._checks import is_tracing  # imported here too: a code-carrying pipeline folder needs every sibling imported directly
+from ._atomic import write_text_atomically  # noqa: F401  (model_cards uses it; code-carrying folders copy the siblings an entry file imports directly)
+from ._checks import is_tracing
 from .configuration_lzn import (
     DECODER_DEFAULTS,
     ENCODER_DEFAULTS,

@@ -29,6 +29,7 @@ from huggingface_hub import create_repo
 from transformers import PreTrainedModel
 from transformers.dynamic_module_utils import get_relative_import_files
 
+from ._atomic import write_json_atomically, write_text_atomically
 from .model_cards import prepare_upload, write_model_card
 
 __all__ = ["LZNPipeline", "upstream_euler_sigmas", "UPSTREAM_T_START", "MAX_INFERENCE_STEPS"]
@@ -141,7 +142,7 @@ class LZNPipeline(DiffusionPipeline):
             component = getattr(self, name, None) if isinstance(entry, list) and name in self.components else None
             if component is not None and type(component).__module__.split(".")[0] not in _LIBRARIES_WITHOUT_CODE:
                 index[name] = [_copy_module_files(type(component), folder / name), type(component).__name__]
-        _write_text_atomically(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
+        write_json_atomically(index_path, index, sort_keys=True)
 
     @classmethod
     def load_config(cls, *args, **kwargs):
@@ -470,11 +471,5 @@ def _copy_module_files(cls: type, folder: Path) -> str:
     for path in dict.fromkeys([source, *map(Path, get_relative_import_files(source))]):
         if not path.is_file():
             raise FileNotFoundError(f"{source.name} imports {path.stem} from its package, but {path} does not exist: the code cannot be carried")
-        _write_text_atomically(folder / path.name, path.read_text(encoding="utf-8"))
+        write_text_atomically(folder / path.name, path.read_text(encoding="utf-8"))
     return source.stem
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)

@@ -16,27 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
+from .._atomic import write_json_atomically
 from .checkpoints import CHECKPOINT_PREFIX, no_space_error
 
 #: The run metadata file of a training output folder.
 RUN_CONFIG_FILE = "run_config.json"
-
-
-def write_json_atomically(path: Union[str, os.PathLike], data: Any) -> Path:
-    """``json.dump`` into a temporary sibling, then rename it over ``path``: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=2)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    return path
 
 
 def write_run_config(output_dir, script: str, flags: Mapping[str, Any], **facts: Any) -> Path:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+
+from .._atomic import write_atomically
 
 if TYPE_CHECKING:
     from .arguments import TrainingArguments
@@ -71,21 +72,8 @@ def save_image_grid(rows: Sequence[np.ndarray], path, row_labels: Optional[Seque
             array = (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
             tile = Image.fromarray(array[..., 0] if channels == 1 else array).convert("RGB").resize((cell_w, cell_h), Image.NEAREST)
             canvas.paste(tile, (label_w + pad + j * (cell_w + pad), top))
-    _write_atomically(path, lambda temporary: canvas.save(temporary, format="PNG"))
+    write_atomically(path, lambda temporary: canvas.save(temporary, format="PNG"))
     return Path(path)
-
-
-def _write_atomically(path, write) -> None:
-    """``write(temporary)`` into a hidden sibling of ``path``, then rename it over ``path`` (never half a file)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.partial")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if temporary.exists():
-            temporary.unlink()
-        raise
 
 
 class TrainingHistory:
@@ -120,7 +108,7 @@ class TrainingHistory:
             else:
                 dropped += 1
         if dropped:
-            _write_atomically(self.path, lambda temporary: temporary.write_text("".join(f"{line}\n" for line in kept)))
+            write_atomically(self.path, lambda temporary: temporary.write_text("".join(f"{line}\n" for line in kept)))
         return dropped
 
     def read(self) -> Dict[str, List[Tuple[int, float]]]:
@@ -167,7 +155,7 @@ def save_training_curves(history: Mapping[str, List[Tuple[int, float]]], path, k
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    _write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=110, format="png"))
+    write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=110, format="png"))
     plt.close(figure)
     return Path(path)
 
