@@ -28,7 +28,7 @@ hyper-parameters from an :class:`~lzn_hf.LZNImageEncoderConfig` / :class:`~lzn_h
 ``ch_mult``, ...), and the blocks that share network-wide settings (dropout, FIR, skip rescale, init scale) take
 the same config. The config classes declare, default and validate every field once (the ``FieldSpec`` tables
 of :mod:`lzn_hf.configuration_lzn`); a typed record here would repeat that field list, so no signature in this
-module names a config field with a default (``tests/test_ncsnpp.py`` checks it). Any object with the config's
+module names a config field with a default (``tests/test_configs.py`` checks it). Any object with the config's
 attributes works; the modules trust its values, which the config classes have checked.
 
 Weight initialisation has one home, :func:`init_ncsnpp_module`: the layers call it as they are created and
