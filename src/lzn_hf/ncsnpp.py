@@ -594,7 +594,7 @@ class NCSNppEncoder(nn.Module):
     ``head_resolutions`` (``None`` = every resolution).
 
     Args:
-        config: an :class:`~lzn_hf.LZNImageEncoderConfig` with ``encoder_type="ncsnpp"``; the fields read:
+        config: an :class:`~lzn_hf.LZNImageEncoderConfig` with ``encoder_type="ncsnpp"`` (fields read: below).
 
     Config fields:
         image_size: input height/width.
@@ -705,7 +705,7 @@ class NCSNppDecoder(nn.Module):
     ``embedding_type="fourier"``); with ``scale_by_sigma`` the output is divided by sigma.
 
     Args:
-        config: an :class:`~lzn_hf.LZNImageDecoderConfig`; it gives the NCSN++ trunk fields as in
+        config: an :class:`~lzn_hf.LZNImageDecoderConfig`: the NCSN++ trunk fields as in
             :class:`NCSNppEncoder`, plus:
 
     Config fields:

@@ -256,7 +256,7 @@ class ResNetGNEncoder(nn.Module):
     """ResNet-GN backbone + GroupNorm projection head; maps images in [-1, 1] to LZN anchors.
 
     Args:
-        config: an :class:`~lzn_hf.LZNImageEncoderConfig` with ``encoder_type="resnet_gn"``; the fields read:
+        config: an :class:`~lzn_hf.LZNImageEncoderConfig` with ``encoder_type="resnet_gn"`` (fields read: below).
         gradient_checkpointing: run the backbone (stem + stages) through
             ``torch.utils.checkpoint.checkpoint_sequential`` when gradients are enabled.
         gradient_checkpointing_segments: number of checkpoint segments (upstream: 5 = stem + 4 stages).
