@@ -1,13 +1,19 @@
 """Config fields are type- and range-checked with the field named; the decoder and the latent API check their
 inputs (issue 12 §2)."""
 
+import ast
+import inspect
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+import lzn_hf
 from lzn_hf import LZNConfig, LZNImageDecoderConfig, LZNImageEncoderConfig, LZNLabelAnchorsConfig, LZNModel
 from lzn_hf.configuration_lzn import DECODER_FIELDS, ENCODER_FIELDS, FLOW_FIELDS, LABEL_FIELDS, LZN_PRESETS, SHAPE_FIELDS
+from lzn_hf.ncsnpp import NCSNppDecoder, NCSNppEncoder
+from lzn_hf.resnet_gn import ResNetGNEncoder
 
 
 @pytest.mark.parametrize("name", sorted(LZN_PRESETS))
@@ -84,6 +90,49 @@ def test_every_field_has_a_checked_type():
             with pytest.raises(ValueError, match=f"`{name}` must be"):
                 spec.check(name, wrong)
             spec.check(name, spec.default)  # the default is valid
+
+
+def second_definitions(source: str, field_names) -> list:
+    """Where `source` defines a config field again with a value: a parameter with a default, a class attribute
+    (dataclass / typed record field) or a dict-literal key named like a field."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            positional = node.args.posonlyargs + node.args.args
+            defaulted = positional[len(positional) - len(node.args.defaults):]
+            defaulted += [arg for arg, default in zip(node.args.kwonlyargs, node.args.kw_defaults) if default is not None]
+            found += [f"{getattr(node, 'name', 'lambda')}({arg.arg}=...)" for arg in defaulted if arg.arg in field_names]
+        elif isinstance(node, ast.ClassDef):
+            for statement in node.body:
+                targets = [statement.target] if isinstance(statement, ast.AnnAssign) and statement.value is not None else []
+                targets += statement.targets if isinstance(statement, ast.Assign) else []
+                found += [f"{node.name}.{t.id}" for t in targets if isinstance(t, ast.Name) and t.id in field_names]
+        elif isinstance(node, ast.Dict):
+            found += [f"{{{key.value!r}: ...}}" for key in node.keys if isinstance(key, ast.Constant) and key.value in field_names]
+    return found
+
+
+NCSNPP_FIELDS = {*SHAPE_FIELDS, *ENCODER_FIELDS["ncsnpp"], *LZNImageDecoderConfig.lzn_fields()}
+RESNET_FIELDS = {*SHAPE_FIELDS, *ENCODER_FIELDS["resnet_gn"]}
+
+
+def test_second_definition_finder_finds_the_old_signatures():
+    old = "class E:\n    nf: int = 128\n    def __init__(self, image_size, in_channels=3, ch_mult=(1, 2), *, fir=False): ...\n_D = {'dropout': 0.0}\n"
+    assert second_definitions(old, NCSNPP_FIELDS) == ["E.nf", "__init__(ch_mult=...)", "__init__(fir=...)", "{'dropout': ...}"]
+
+
+@pytest.mark.parametrize(
+    "module, field_names, networks",
+    [("ncsnpp.py", NCSNPP_FIELDS, [NCSNppEncoder, NCSNppDecoder]), ("resnet_gn.py", RESNET_FIELDS, [ResNetGNEncoder])],
+)
+def test_architecture_fields_are_defined_once_in_the_configs(module, field_names, networks):
+    """Issue 13 item 3: the config tables declare, default and validate every architecture field; the torch
+    modules are built from the config and give none of its fields a second default."""
+    source = (Path(lzn_hf.__file__).parent / module).read_text()
+    assert second_definitions(source, field_names) == []
+    for network in networks:
+        assert list(inspect.signature(network).parameters)[0] == "config"
+        assert all(name not in field_names for name in inspect.signature(network).parameters)
 
 
 def test_nested_config_errors_name_the_part():

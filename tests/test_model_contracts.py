@@ -12,6 +12,7 @@ from transformers import AutoModel, pipeline
 from lzn_hf import LZNConfig, LZNForImageClassification, LZNModel
 from lzn_hf.image_processing_lzn import lzn_image_processor
 from lzn_hf.modeling_lzn import LZNImageEncoderOutput
+from lzn_hf.ncsnpp import variance_scaling_bound
 
 @pytest.fixture(scope="module")
 def tiny_joint():
@@ -111,6 +112,46 @@ def test_init_weights_initialises_the_anchor_bank(classifier_dir, tmp_path):
     classifier, info = LZNForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
     assert info["missing_keys"] == {"anchor_bank"}
     assert classifier.anchor_bank.shape == (10, 16) and torch.equal(classifier.anchor_bank, torch.zeros(10, 16))
+
+
+@pytest.mark.parametrize(
+    "preset, missing",
+    [
+        # NCSN++: a variance-scaled conv (bias only, and both), a GroupNorm, the Fourier frequencies, a latent head
+        ("tiny-generation", ["image_decoder.network.conv_in.bias", "image_encoder.network.conv_in.weight",
+                             "image_encoder.network.conv_in.bias", "image_decoder.network.mid_block.resnet_1.norm1.weight",
+                             "image_decoder.network.time_proj.W", "image_encoder.network.heads.0.layers.0.weight"]),
+        # ResNet-GN: a zero-initialised last GroupNorm of a bottleneck, a conv, a head GroupNorm
+        ("tiny-representation", ["image_encoder.network.stages.0.blocks.0.norm3.weight",
+                                 "image_encoder.network.stages.0.blocks.0.conv1.weight", "image_encoder.network.head.norms.1.bias"]),
+    ],
+)
+def test_missing_weights_get_the_architecture_init_and_loaded_ones_stay(preset, missing, tmp_path):
+    """`_init_weights` delegates to the architecture's per-module init (the one construction uses): weights missing
+    from a checkpoint get that scheme, weights present keep their values, even within the same layer."""
+    torch.manual_seed(0)
+    model = LZNModel(LZNConfig.from_preset(preset))
+    with torch.no_grad():  # saved values that no initialisation produces
+        for parameter in model.parameters():
+            parameter.add_(0.5)
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    save_file({k: v for k, v in saved.items() if k not in missing}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded_model = LZNModel.from_pretrained(tmp_path, strict=False)
+    loaded = loaded_model.state_dict()
+    for key in set(saved) - set(missing):
+        assert torch.equal(loaded[key], saved[key]), key
+    fresh = LZNModel(LZNConfig.from_preset(preset)).state_dict()  # the scheme's values (seed aside)
+    for key in missing:
+        if key.endswith(".W"):  # Fourier frequencies ~ N(0, fourier_scale^2), fourier_scale = 16
+            assert 8.0 < loaded[key].std() < 32.0
+        elif fresh[key].unique().numel() == 1:  # constant inits: zero bias, GroupNorm ones / zeros
+            assert torch.equal(loaded[key], fresh[key]), key
+        else:  # uniform inits: NCSN++ variance scaling, else PyTorch's default U(+-1/sqrt(fan_in))
+            layer = loaded_model.get_submodule(key.rsplit(".", 1)[0])
+            fan_in = layer.weight[0].numel()
+            bound = variance_scaling_bound(layer.weight, layer.init_scale) if hasattr(layer, "init_scale") else fan_in**-0.5
+            assert 0.5 * bound < loaded[key].abs().max() <= bound, key
 
 
 def test_num_labels_and_id2label_match_the_label_anchors(classifier_dir):

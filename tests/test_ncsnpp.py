@@ -9,25 +9,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lzn_hf import LZNImageDecoderConfig, LZNImageEncoderConfig
 from lzn_hf.ncsnpp import NCSNppDecoder, NCSNppEncoder, downsample_2d, upfirdn2d, upsample_2d
+
+_TINY_TRUNK = dict(image_size=16, num_channels=3, nf=16, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[8], latent_dim=8)
 
 
 def _tiny_encoder(**overrides):
-    kwargs = dict(
-        image_size=16, in_channels=3, nf=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,),
-        head_channels=4, head_hidden_dim=32, head_num_layers=2, latent_dim=8,
-    )
-    kwargs.update(overrides)
-    return NCSNppEncoder(**kwargs)
+    config = LZNImageEncoderConfig(**{**_TINY_TRUNK, "head_channels": 4, "head_hidden_dim": 32, "head_num_layers": 2, **overrides})
+    return NCSNppEncoder(config)
 
 
 def _tiny_decoder(**overrides):
-    kwargs = dict(
-        image_size=16, in_channels=3, nf=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,),
-        latent_dim=8, num_classes=10,
-    )
-    kwargs.update(overrides)
-    return NCSNppDecoder(**kwargs)
+    return NCSNppDecoder(LZNImageDecoderConfig(**{**_TINY_TRUNK, "num_classes": 10, **overrides}))
 
 
 # --------------------------------------------------------------------------------------------------

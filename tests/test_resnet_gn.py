@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import torch
 
+from lzn_hf import LZNImageEncoderConfig
 from lzn_hf.resnet_gn import ResNetGNEncoder
+
+
+def _encoder(depths, latent_dim=256) -> ResNetGNEncoder:
+    return ResNetGNEncoder(LZNImageEncoderConfig(encoder_type="resnet_gn", depths=list(depths), latent_dim=latent_dim))
 
 
 # ------------------------------------------------------------------------------- module behaviour
 def test_initialisation_matches_upstream_description():
-    model = ResNetGNEncoder(depths=(1, 2, 1, 1))
+    model = _encoder((1, 2, 1, 1))
     for stage in model.stages:
         for block in stage.blocks:
             assert torch.all(block.norm3.weight == 0) and torch.all(block.norm3.bias == 0)
@@ -33,7 +38,7 @@ def test_initialisation_matches_upstream_description():
 
 
 def test_shapes_and_input_rescale():
-    model = ResNetGNEncoder(depths=(1, 1, 1, 1), projection_dim=64).eval()
+    model = _encoder((1, 1, 1, 1), latent_dim=64).eval()
     assert model.feature_dim == 2048
     x = torch.rand(3, 3, 48, 40) * 2 - 1
     with torch.no_grad():
@@ -45,7 +50,7 @@ def test_shapes_and_input_rescale():
 
 def test_gradient_checkpointing_same_output_and_grads():
     torch.manual_seed(0)
-    model = ResNetGNEncoder(depths=(1, 2, 1, 1), projection_dim=64)
+    model = _encoder((1, 2, 1, 1), latent_dim=64)
     with torch.no_grad():  # make every branch active (zero-init gammas would hide mistakes)
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -114,7 +114,8 @@ def _choice(default, *choices) -> FieldSpec:
 MAX_FLOW_STEPS = 10_000  # solver steps of a latent flow (upstream uses 20 and 100)
 MAX_SIZE = 8192  # image size, channels, widths: far above any LZN model, far below an accidental 1e9
 
-# Every architecture field, once: default, type and range. The per-part tables below are views of these.
+# Every architecture field, once: default, type and range (the torch modules read the config's attributes and
+# repeat none of them: `NCSNppEncoder(config)`, `NCSNppDecoder(config)`, `ResNetGNEncoder(config)`).
 # NCSN++ trunk shared by encoder and decoder (the CIFAR-10 settings of the paper); names of the score_sde code.
 NCSNPP_TRUNK_FIELDS: Dict[str, FieldSpec] = {
     "nf": _int(128, 1, MAX_SIZE),
@@ -173,16 +174,6 @@ FLOW_FIELDS: Dict[str, FieldSpec] = {
     "label_loss_cutoff": _float(0.2, 0.0, 1.0, high_inclusive=False),
     "anchor_bank_size": _int(0, 0),
 }
-
-
-def _defaults(fields: Dict[str, FieldSpec]) -> Dict[str, Any]:
-    return {name: spec.default for name, spec in fields.items()}
-
-
-# defaults by part (the constructor kwargs of the torch modules; read by modeling and conversion)
-NCSNPP_TRUNK_DEFAULTS: Dict[str, Any] = _defaults(NCSNPP_TRUNK_FIELDS)
-ENCODER_DEFAULTS: Dict[str, Dict[str, Any]] = {kind: _defaults(fields) for kind, fields in ENCODER_FIELDS.items()}
-DECODER_DEFAULTS: Dict[str, Any] = _defaults(DECODER_FIELDS)
 
 
 def _require(condition: bool, message: str) -> None:

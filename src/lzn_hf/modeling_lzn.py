@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -33,8 +32,6 @@ from transformers.utils import ModelOutput
 from ._atomic import write_text_atomically  # noqa: F401  (model_cards uses it; code-carrying folders copy the siblings an entry file imports directly)
 from ._checks import is_tracing
 from .configuration_lzn import (
-    DECODER_DEFAULTS,
-    ENCODER_DEFAULTS,
     LZNConfig,
     LZNImageDecoderConfig,
     LZNImageEncoderConfig,
@@ -42,8 +39,8 @@ from .configuration_lzn import (
 )
 from .latent_flow import anchors_to_latents, latents_to_anchors, nearest_anchor
 from .model_cards import prepare_upload, write_model_card
-from .ncsnpp import GaussianFourierProjection, NCSNppDecoder, NCSNppEncoder, time_dtype, variance_scaling_bound
-from .resnet_gn import ResNetGNEncoder
+from .ncsnpp import NCSNppDecoder, NCSNppEncoder, init_ncsnpp_module, time_dtype
+from .resnet_gn import ResNetGNEncoder, init_resnet_gn_module
 
 __all__ = [
     "LZNPreTrainedModel",
@@ -166,8 +163,12 @@ def check_labels(labels, num_classes: int, name: str = "labels") -> torch.Tensor
 # base class
 # ----------------------------------------------------------------------------------------------------------
 class LZNPreTrainedModel(PreTrainedModel):
-    """Weight initialisation shared by all LZN models (upstream's schemes, through `transformers.initialization`)
-    and strict loading."""
+    """Weight initialisation of all LZN models and strict loading.
+
+    Each part initialises its own modules (transformers calls a sub-model's `_init_weights` for its subtree): the
+    image encoder and decoder delegate to their architecture's per-module function (`init_ncsnpp_module`,
+    `init_resnet_gn_module`, the ones construction uses); this base class initialises the label anchors and the
+    anchor bank."""
 
     config_class = LZNConfig
     base_model_prefix = "lzn"
@@ -217,23 +218,7 @@ class LZNPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            if hasattr(module, "init_scale"):  # NCSN++ layers: variance scaling (fan_avg, uniform), zero bias
-                bound = variance_scaling_bound(module.weight, module.init_scale)
-                init.uniform_(module.weight, -bound, bound)
-                if module.bias is not None:
-                    init.zeros_(module.bias)
-            else:  # ResNet-GN: PyTorch's default initialisation
-                init.kaiming_uniform_(module.weight, a=math.sqrt(5))
-                if module.bias is not None:
-                    bound = 1 / math.sqrt(module.weight[0].numel())
-                    init.uniform_(module.bias, -bound, bound)
-        elif isinstance(module, nn.GroupNorm) and module.affine:
-            (init.zeros_ if getattr(module, "zero_init_weight", False) else init.ones_)(module.weight)
-            init.zeros_(module.bias)
-        elif isinstance(module, GaussianFourierProjection):
-            init.normal_(module.W, std=module.scale)
-        elif isinstance(module, LZNLabelAnchors):
+        if isinstance(module, LZNLabelAnchors):
             init.normal_(module.anchors)
         elif isinstance(module, LZNForImageClassification) and module.anchor_bank is not None:
             init.zeros_(module.anchor_bank)  # an empty bank until `build_anchor_bank` (or the checkpoint) fills it
@@ -246,11 +231,6 @@ def _use_return_dict(config, return_dict: Optional[bool]) -> bool:
     return config.return_dict if return_dict is None else return_dict
 
 
-def _config_kwargs(config, names) -> dict:
-    """The config fields `names` as constructor kwargs of the torch modules (lists become tuples)."""
-    return {name: tuple(getattr(config, name)) if isinstance(getattr(config, name), list) else getattr(config, name) for name in names}
-
-
 class LZNImageEncoder(LZNPreTrainedModel):
     """Image -> anchor: NCSN++ down path with multi-scale latent heads, or ResNet-GN with a projection head."""
 
@@ -258,24 +238,11 @@ class LZNImageEncoder(LZNPreTrainedModel):
 
     def __init__(self, config: LZNImageEncoderConfig):
         super().__init__(config)
-        if config.encoder_type == "ncsnpp":
-            self.network = NCSNppEncoder(
-                image_size=config.image_size,
-                in_channels=config.num_channels,
-                latent_dim=config.latent_dim,
-                **_config_kwargs(config, ENCODER_DEFAULTS["ncsnpp"]),
-            )
-        else:
-            self.network = ResNetGNEncoder(
-                depths=tuple(config.depths),
-                width_multiplier=config.width_multiplier,
-                projection_dim=config.latent_dim,
-                head_num_layers=config.head_num_layers,
-                num_groups=config.num_groups,
-                norm_eps=config.norm_eps,
-                in_channels=config.num_channels,
-            )
+        self.network = (NCSNppEncoder if config.encoder_type == "ncsnpp" else ResNetGNEncoder)(config)
         self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        (init_ncsnpp_module if self.config.encoder_type == "ncsnpp" else init_resnet_gn_module)(module)
 
     @property
     def feature_dim(self) -> int:
@@ -323,14 +290,11 @@ class LZNImageDecoder(LZNPreTrainedModel):
 
     def __init__(self, config: LZNImageDecoderConfig):
         super().__init__(config)
-        self.network = NCSNppDecoder(
-            image_size=config.image_size,
-            in_channels=config.num_channels,
-            latent_dim=config.latent_dim,
-            num_classes=config.num_classes,
-            **_config_kwargs(config, DECODER_DEFAULTS),
-        )
+        self.network = NCSNppDecoder(config)
         self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        init_ncsnpp_module(module)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -23,18 +23,30 @@ residual blocks (optionally FIR up/down-sampling), channel self-attention, Group
   ``x_t = t * x1 + (1 - t) * x0`` and the network predicts ``x1 - x0``. The pipeline layer converts
   to diffusers' flow-matching orientation.
 
+Construction, transformers style: ``NCSNppEncoder(config)`` and ``NCSNppDecoder(config)`` read their
+hyper-parameters from an :class:`~lzn_hf.LZNImageEncoderConfig` / :class:`~lzn_hf.LZNImageDecoderConfig` (``nf``,
+``ch_mult``, ...), and the blocks that share network-wide settings (dropout, FIR, skip rescale, init scale) take
+the same config. The config classes declare, default and validate every field once (the ``FieldSpec`` tables
+of :mod:`lzn_hf.configuration_lzn`); a typed record here would repeat that field list, so no signature in this
+module names a config field with a default (``tests/test_configs.py`` checks it). Any object with the config's
+attributes works; the modules trust its values, which the config classes have checked.
+
+Weight initialisation has one home, :func:`init_ncsnpp_module`: the layers call it as they are created and
+``LZNPreTrainedModel._init_weights`` calls it for weights that ``from_pretrained`` did not load.
+
 This module depends on ``torch`` only; checkpoint conversion lives in :mod:`lzn_hf.conversion.ncsnpp`.
 FIR resampling uses a pure-PyTorch ``upfirdn2d`` (no compiled ops).
 
-Only the block variants used by the released LZN models are implemented: ``resblock_type="biggan"``,
-``progressive`` in {"none", "output_skip"}, ``progressive_input`` in {"none", "input_skip"},
-``progressive_combine`` in {"sum", "cat"}, SiLU ("swish") activations and GroupNorm.
+Only the block variants used by the released LZN models are implemented (the config accepts no others):
+``resblock_type="biggan"``, ``progressive`` in {"none", "output_skip"}, ``progressive_input`` in {"none",
+"input_skip"}, ``progressive_combine`` in {"sum", "cat"}, SiLU ("swish") activations and GroupNorm.
+``resamp_with_conv`` is not read (BigGAN blocks always resample inside the block).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +71,8 @@ __all__ = [
     "ConditionEmbedding",
     "NCSNppEncoder",
     "NCSNppDecoder",
+    "init_ncsnpp_module",
+    "variance_scaling_bound",
 ]
 
 _TIME_SCALE = 999.0  # upstream feeds the network t * 999 (t in [0, 1])
@@ -82,32 +96,45 @@ def variance_scaling_bound(weight: torch.Tensor, scale: float = 1.0) -> float:
 
 
 @torch.no_grad()
-def _init_layer_(layer: Union[nn.Conv2d, nn.Linear], scale: float = 1.0) -> None:
-    """Variance-scaling weight, zero bias. The scale is recorded on the layer (``init_scale``) so that a
-    ``transformers`` ``_init_weights`` can redo exactly this initialisation."""
+def init_ncsnpp_module(module: nn.Module) -> None:
+    """Initialise one module of an NCSN++ network as upstream does; non-recursive.
+
+    * ``Conv2d`` / ``Linear`` with an ``init_scale`` attribute (every layer made by the factories below):
+      variance scaling (:func:`variance_scaling_bound`, fan-avg, uniform), zero bias.
+    * other ``Conv2d`` / ``Linear`` (the latent heads) and ``GroupNorm``: PyTorch's defaults (``reset_parameters``).
+    * :class:`GaussianFourierProjection`: frequencies ``W ~ N(0, scale^2)``.
+
+    Only ``torch.nn.init`` functions write the tensors: ``transformers`` runs ``_init_weights`` with them guarded,
+    so weights loaded by ``from_pretrained`` are kept.
+    """
+    if isinstance(module, (nn.Conv2d, nn.Linear)) and hasattr(module, "init_scale"):
+        bound = variance_scaling_bound(module.weight, module.init_scale)
+        nn.init.uniform_(module.weight, -bound, bound)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.Conv2d, nn.Linear, nn.GroupNorm)):
+        module.reset_parameters()
+    elif isinstance(module, GaussianFourierProjection):
+        nn.init.normal_(module.W, std=module.scale)
+
+
+def _scaled(layer: Union[nn.Conv2d, nn.Linear], scale: float) -> Union[nn.Conv2d, nn.Linear]:
+    """Record the variance-scaling ``scale`` on ``layer`` (read by :func:`init_ncsnpp_module`) and initialise it."""
     layer.init_scale = scale
-    bound = variance_scaling_bound(layer.weight, scale)
-    layer.weight.uniform_(-bound, bound)
-    if layer.bias is not None:
-        nn.init.zeros_(layer.bias)
+    init_ncsnpp_module(layer)
+    return layer
 
 
-def _conv3x3(in_channels: int, out_channels: int, init_scale: float = 1.0) -> nn.Conv2d:
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
-    _init_layer_(conv, init_scale)
-    return conv
+def _conv3x3(in_channels: int, out_channels: int, scale: float = 1.0) -> nn.Conv2d:
+    return _scaled(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1), scale)
 
 
-def _conv1x1(in_channels: int, out_channels: int, init_scale: float = 1.0) -> nn.Conv2d:
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size=1)
-    _init_layer_(conv, init_scale)
-    return conv
+def _conv1x1(in_channels: int, out_channels: int, scale: float = 1.0) -> nn.Conv2d:
+    return _scaled(nn.Conv2d(in_channels, out_channels, kernel_size=1), scale)
 
 
-def _linear(in_features: int, out_features: int, init_scale: float = 1.0) -> nn.Linear:
-    linear = nn.Linear(in_features, out_features)
-    _init_layer_(linear, init_scale)
-    return linear
+def _linear(in_features: int, out_features: int, scale: float = 1.0) -> nn.Linear:
+    return _scaled(nn.Linear(in_features, out_features), scale)
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -234,7 +261,8 @@ class GaussianFourierProjection(nn.Module):
     def __init__(self, embedding_size: int, scale: float = 1.0):
         super().__init__()
         self.scale = scale
-        self.W = nn.Parameter(torch.randn(embedding_size) * scale, requires_grad=False)
+        self.W = nn.Parameter(torch.empty(embedding_size), requires_grad=False)
+        init_ncsnpp_module(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B]`` -> ``[B, 2E]`` in :func:`time_dtype` of ``x`` (float32 for half-precision weights)."""
@@ -256,20 +284,19 @@ class ResnetBlockBigGAN(nn.Module):
         h = conv1(resample(silu(norm1(x)))) + time_emb_proj(silu(temb))
         h = conv2(dropout(silu(norm2(h))))
         out = (conv_shortcut(resample(x)) + h) / sqrt(2)          (conv_shortcut if C_in != C_out or resampling)
+
+    The network-wide settings come from ``config``: ``dropout``, ``fir``, ``fir_kernel``, ``skip_rescale`` and
+    ``init_scale`` (of ``conv2``).
     """
 
     def __init__(
         self,
+        config,
         in_channels: int,
         out_channels: Optional[int] = None,
         temb_channels: Optional[int] = None,
         up: bool = False,
         down: bool = False,
-        dropout: float = 0.0,
-        fir: bool = False,
-        fir_kernel: Sequence[float] = (1, 3, 3, 1),
-        skip_rescale: bool = True,
-        init_scale: float = 0.0,
     ):
         super().__init__()
         out_channels = out_channels or in_channels
@@ -277,16 +304,16 @@ class ResnetBlockBigGAN(nn.Module):
             raise ValueError("a residual block cannot both upsample and downsample")
         self.up = up
         self.down = down
-        self.fir = fir
-        self.fir_kernel = tuple(fir_kernel)
-        self.skip_rescale = skip_rescale
+        self.fir = config.fir
+        self.fir_kernel = tuple(config.fir_kernel)
+        self.skip_rescale = config.skip_rescale
 
         self.norm1 = _group_norm(in_channels)
         self.conv1 = _conv3x3(in_channels, out_channels)
         self.time_emb_proj = _linear(temb_channels, out_channels) if temb_channels is not None else None
         self.norm2 = _group_norm(out_channels)
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = _conv3x3(out_channels, out_channels, init_scale=init_scale)
+        self.dropout = nn.Dropout(config.dropout)
+        self.conv2 = _conv3x3(out_channels, out_channels, scale=config.init_scale)
         needs_shortcut = in_channels != out_channels or up or down
         self.conv_shortcut = _conv1x1(in_channels, out_channels) if needs_shortcut else None
 
@@ -320,16 +347,18 @@ class AttnBlock(nn.Module):
 
         h = norm(x);  q, k, v = to_q(h), to_k(h), to_v(h)            (per-position linear maps)
         out = (x + to_out(softmax(q k^T / sqrt(C)) v)) / sqrt(2)
+
+    ``config`` gives ``skip_rescale`` and ``init_scale`` (of ``to_out``).
     """
 
-    def __init__(self, channels: int, skip_rescale: bool = True, init_scale: float = 0.0):
+    def __init__(self, config, channels: int):
         super().__init__()
-        self.skip_rescale = skip_rescale
+        self.skip_rescale = config.skip_rescale
         self.norm = _group_norm(channels)
-        self.to_q = _linear(channels, channels, init_scale=0.1)
-        self.to_k = _linear(channels, channels, init_scale=0.1)
-        self.to_v = _linear(channels, channels, init_scale=0.1)
-        self.to_out = _linear(channels, channels, init_scale=init_scale)
+        self.to_q = _linear(channels, channels, scale=0.1)
+        self.to_k = _linear(channels, channels, scale=0.1)
+        self.to_v = _linear(channels, channels, scale=0.1)
+        self.to_out = _linear(channels, channels, scale=config.init_scale)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = hidden_states.shape
@@ -352,15 +381,14 @@ class AttnBlock(nn.Module):
 class InputSkipCombine(nn.Module):
     """Merge the down-sampled input image into a feature map (NCSN++ ``progressive_input="input_skip"``).
 
-    ``pyramid [B, C_img, H, W], hidden [B, C, H, W] -> [B, C, H, W]`` ("sum") or ``[B, 2C, H, W]`` ("cat").
+    ``pyramid [B, C_img, H, W], hidden [B, C, H, W] -> [B, C, H, W]`` ("sum") or ``[B, 2C, H, W]`` ("cat"):
+    ``C_img = config.num_channels``, the method is ``config.progressive_combine``.
     """
 
-    def __init__(self, pyramid_channels: int, channels: int, method: str = "sum"):
+    def __init__(self, config, channels: int):
         super().__init__()
-        if method not in ("sum", "cat"):
-            raise ValueError(f"progressive_combine must be 'sum' or 'cat', got {method!r}")
-        self.method = method
-        self.conv = _conv1x1(pyramid_channels, channels)
+        self.method = config.progressive_combine
+        self.conv = _conv1x1(config.num_channels, channels)
 
     def forward(self, pyramid: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         h = self.conv(pyramid)  # [B, C, H, W]
@@ -369,64 +397,49 @@ class InputSkipCombine(nn.Module):
         return h + hidden_states
 
 
-def _block_kwargs(
-    temb_channels: Optional[int], dropout: float, fir: bool, fir_kernel: Sequence[float], skip_rescale: bool, init_scale: float
-) -> Dict[str, Any]:
-    """The keyword arguments every :class:`ResnetBlockBigGAN` of one network shares (the levels pass them on)."""
-    return dict(temb_channels=temb_channels, dropout=dropout, fir=fir, fir_kernel=fir_kernel, skip_rescale=skip_rescale,
-                init_scale=init_scale)
-
-
 class NCSNppDownLevel(nn.Module):
     """One resolution level of the NCSN++ down path.
 
     ``num_res_blocks`` x (residual block [-> attention]) then, unless it is the last level, a
     down-sampling residual block [-> merge of the down-sampled input image]. Returns every
     intermediate feature map (they are the U-Net skips and the encoder's head inputs).
+
+    ``config`` gives ``num_res_blocks``, ``progressive_input`` / ``progressive_combine`` (the input skip) and the
+    residual blocks' settings; ``temb_channels`` is None for the encoder (no time conditioning).
     """
 
     def __init__(
         self,
+        config,
         in_channels: int,
         out_channels: int,
-        num_res_blocks: int,
         use_attention: bool,
         add_downsample: bool,
-        input_skip_channels: Optional[int],
-        combine_method: str,
         temb_channels: Optional[int],
-        dropout: float,
-        fir: bool,
-        fir_kernel: Sequence[float],
-        skip_rescale: bool,
-        init_scale: float,
     ):
         super().__init__()
-        block_kwargs = _block_kwargs(temb_channels, dropout, fir, fir_kernel, skip_rescale, init_scale)
-        self.fir = fir
-        self.fir_kernel = tuple(fir_kernel)
+        num_res_blocks = config.num_res_blocks
+        self.fir = config.fir
+        self.fir_kernel = tuple(config.fir_kernel)
         self.resnets = nn.ModuleList(
-            ResnetBlockBigGAN(in_channels if i == 0 else out_channels, out_channels, **block_kwargs)
+            ResnetBlockBigGAN(config, in_channels if i == 0 else out_channels, out_channels, temb_channels)
             for i in range(num_res_blocks)
         )
         self.attentions = (
-            nn.ModuleList(
-                AttnBlock(out_channels, skip_rescale=skip_rescale, init_scale=init_scale)
-                for _ in range(num_res_blocks)
-            )
-            if use_attention
-            else None
+            nn.ModuleList(AttnBlock(config, out_channels) for _ in range(num_res_blocks)) if use_attention else None
         )
-        self.downsample = ResnetBlockBigGAN(out_channels, down=True, **block_kwargs) if add_downsample else None
+        self.downsample = (
+            ResnetBlockBigGAN(config, out_channels, temb_channels=temb_channels, down=True) if add_downsample else None
+        )
         self.input_skip = (
-            InputSkipCombine(input_skip_channels, out_channels, combine_method)
-            if add_downsample and input_skip_channels is not None
+            InputSkipCombine(config, out_channels)
+            if add_downsample and config.progressive_input == "input_skip"
             else None
         )
         # channels of each feature map returned by forward, in order
         self.feature_channels: List[int] = [out_channels] * num_res_blocks
         if add_downsample:
-            concatenated = self.input_skip is not None and combine_method == "cat"
+            concatenated = self.input_skip is not None and config.progressive_combine == "cat"
             self.feature_channels.append(2 * out_channels if concatenated else out_channels)
 
     def forward(
@@ -454,21 +467,11 @@ class NCSNppDownLevel(nn.Module):
 class NCSNppMidBlock(nn.Module):
     """Middle of the U-Net: residual block -> attention -> residual block, ``[B, C, H, W] -> [B, C, H, W]``."""
 
-    def __init__(
-        self,
-        channels: int,
-        temb_channels: Optional[int],
-        dropout: float,
-        fir: bool,
-        fir_kernel: Sequence[float],
-        skip_rescale: bool,
-        init_scale: float,
-    ):
+    def __init__(self, config, channels: int, temb_channels: Optional[int]):
         super().__init__()
-        block_kwargs = _block_kwargs(temb_channels, dropout, fir, fir_kernel, skip_rescale, init_scale)
-        self.resnet_1 = ResnetBlockBigGAN(channels, **block_kwargs)
-        self.attention = AttnBlock(channels, skip_rescale=skip_rescale, init_scale=init_scale)
-        self.resnet_2 = ResnetBlockBigGAN(channels, **block_kwargs)
+        self.resnet_1 = ResnetBlockBigGAN(config, channels, temb_channels=temb_channels)
+        self.attention = AttnBlock(config, channels)
+        self.resnet_2 = ResnetBlockBigGAN(config, channels, temb_channels=temb_channels)
 
     def forward(self, hidden_states: torch.Tensor, temb: Optional[torch.Tensor] = None) -> torch.Tensor:
         hidden_states = self.resnet_1(hidden_states, temb)
@@ -484,39 +487,36 @@ class NCSNppUpLevel(nn.Module):
     first) -> attention (once, if enabled) -> output-skip pyramid head (``progressive="output_skip"``:
     ``conv3x3(silu(norm(h)))`` to image channels, added to the upsampled pyramid) -> up-sampling
     residual block (unless it is the top-resolution level).
+
+    ``config`` (a decoder config) gives ``progressive`` (the output skip, to ``num_channels`` channels) and the
+    blocks' settings.
     """
 
     def __init__(
         self,
+        config,
         resnet_in_channels: Sequence[int],
         out_channels: int,
         use_attention: bool,
         add_upsample: bool,
-        output_skip_channels: Optional[int],
         temb_channels: Optional[int],
-        dropout: float,
-        fir: bool,
-        fir_kernel: Sequence[float],
-        skip_rescale: bool,
-        init_scale: float,
     ):
         super().__init__()
-        block_kwargs = _block_kwargs(temb_channels, dropout, fir, fir_kernel, skip_rescale, init_scale)
-        self.fir = fir
-        self.fir_kernel = tuple(fir_kernel)
+        self.fir = config.fir
+        self.fir_kernel = tuple(config.fir_kernel)
         self.resnets = nn.ModuleList(
-            ResnetBlockBigGAN(in_ch, out_channels, **block_kwargs) for in_ch in resnet_in_channels
+            ResnetBlockBigGAN(config, in_ch, out_channels, temb_channels) for in_ch in resnet_in_channels
         )
-        self.attention = (
-            AttnBlock(out_channels, skip_rescale=skip_rescale, init_scale=init_scale) if use_attention else None
-        )
-        if output_skip_channels is not None:
+        self.attention = AttnBlock(config, out_channels) if use_attention else None
+        if config.progressive == "output_skip":
             self.output_skip_norm = _group_norm(out_channels)
-            self.output_skip_conv = _conv3x3(out_channels, output_skip_channels, init_scale=init_scale)
+            self.output_skip_conv = _conv3x3(out_channels, config.num_channels, scale=config.init_scale)
         else:
             self.output_skip_norm = None
             self.output_skip_conv = None
-        self.upsample = ResnetBlockBigGAN(out_channels, up=True, **block_kwargs) if add_upsample else None
+        self.upsample = (
+            ResnetBlockBigGAN(config, out_channels, temb_channels=temb_channels, up=True) if add_upsample else None
+        )
 
     def forward(
         self,
@@ -545,24 +545,16 @@ class LatentHead(nn.Module):
     """Latent head on one feature map: ``[B, C_k, r, r] -> [B, latent_dim]``.
 
     ``conv (1x1, C_k -> head_channels) -> SiLU -> flatten (head_channels * r * r) -> layers[0]
-    -> [SiLU -> layers[i]]`` with ``num_layers`` Linear layers (hidden width ``hidden_dim``, the last
-    one maps to ``latent_dim``).
+    -> [SiLU -> layers[i]]`` with ``head_num_layers`` Linear layers (hidden width ``head_hidden_dim``, the last
+    one maps to ``latent_dim``), all read from ``config``. PyTorch's default initialisation.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        resolution: int,
-        head_channels: int,
-        hidden_dim: int,
-        num_layers: int,
-        latent_dim: int,
-    ):
+    def __init__(self, config, in_channels: int, resolution: int):
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"head_num_layers must be >= 1, got {num_layers}")
-        self.conv = nn.Conv2d(in_channels, head_channels, kernel_size=1)
-        widths = [head_channels * resolution * resolution] + [hidden_dim] * (num_layers - 1) + [latent_dim]
+        num_layers = config.head_num_layers
+        self.conv = nn.Conv2d(in_channels, config.head_channels, kernel_size=1)
+        widths = [config.head_channels * resolution * resolution] + [config.head_hidden_dim] * (num_layers - 1)
+        widths.append(config.latent_dim)
         self.layers = nn.ModuleList(nn.Linear(widths[i], widths[i + 1]) for i in range(num_layers))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -588,30 +580,6 @@ class ConditionEmbedding(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# Shared validation
-# --------------------------------------------------------------------------------------------------
-
-
-def _check_common(
-    image_size: int, ch_mult: Sequence[int], resblock_type: str, progressive_input: str, progressive_combine: str
-) -> None:
-    if resblock_type.lower() != "biggan":
-        raise ValueError(
-            f"only resblock_type='biggan' is implemented (every LZN model uses it), got {resblock_type!r}"
-        )
-    if progressive_input.lower() not in ("none", "input_skip"):
-        raise ValueError(f"progressive_input must be 'none' or 'input_skip', got {progressive_input!r}")
-    if progressive_combine.lower() not in ("sum", "cat"):
-        raise ValueError(f"progressive_combine must be 'sum' or 'cat', got {progressive_combine!r}")
-    if len(ch_mult) < 1:
-        raise ValueError("ch_mult must not be empty")
-    if image_size % (2 ** (len(ch_mult) - 1)) != 0:
-        raise ValueError(
-            f"image_size={image_size} is not divisible by 2**(len(ch_mult)-1)={2 ** (len(ch_mult) - 1)}"
-        )
-
-
-# --------------------------------------------------------------------------------------------------
 # Encoder
 # --------------------------------------------------------------------------------------------------
 
@@ -626,17 +594,18 @@ class NCSNppEncoder(nn.Module):
     ``head_resolutions`` (``None`` = every resolution).
 
     Args:
+        config: an :class:`~lzn_hf.LZNImageEncoderConfig` with ``encoder_type="ncsnpp"`` (fields read: below).
+
+    Config fields:
         image_size: input height/width.
-        in_channels: image channels.
+        num_channels: image channels.
         nf: base channel count; level ``i`` has ``nf * ch_mult[i]`` channels.
         ch_mult: channel multipliers, one level per entry (the resolution halves between levels).
         num_res_blocks: residual blocks per level.
         attn_resolutions: resolutions whose residual blocks are followed by attention.
         dropout: dropout inside residual blocks.
-        resamp_with_conv: kept for config compatibility (BigGAN blocks always resample inside the block).
         fir, fir_kernel: FIR resampling (else box filter / nearest).
         skip_rescale: divide residual sums by sqrt(2).
-        resblock_type: must be "biggan".
         progressive_input: "none" or "input_skip" (merge the down-sampled image after each down block).
         progressive_combine: "sum" or "cat".
         init_scale: init scale of the last conv/linear of each residual/attention block (0 -> 1e-10).
@@ -647,40 +616,17 @@ class NCSNppEncoder(nn.Module):
         latent_dim: anchor dimension d.
     """
 
-    def __init__(
-        self,
-        image_size: int = 32,
-        in_channels: int = 3,
-        nf: int = 128,
-        ch_mult: Sequence[int] = (1, 2, 2, 2),
-        num_res_blocks: int = 4,
-        attn_resolutions: Sequence[int] = (16,),
-        dropout: float = 0.0,
-        resamp_with_conv: bool = True,
-        fir: bool = False,
-        fir_kernel: Sequence[float] = (1, 3, 3, 1),
-        skip_rescale: bool = True,
-        resblock_type: str = "biggan",
-        progressive_input: str = "none",
-        progressive_combine: str = "sum",
-        init_scale: float = 0.0,
-        head_channels: int = 20,
-        head_hidden_dim: int = 200,
-        head_num_layers: int = 2,
-        head_resolutions: Optional[Sequence[int]] = None,
-        latent_dim: int = 200,
-    ):
+    def __init__(self, config):
         super().__init__()
-        _check_common(image_size, ch_mult, resblock_type, progressive_input, progressive_combine)
+        image_size, nf, ch_mult = config.image_size, config.nf, config.ch_mult
         self.image_size = image_size
-        self.in_channels = in_channels
-        self.latent_dim = latent_dim
-        self.progressive_input = progressive_input.lower()
+        self.in_channels = config.num_channels
+        self.latent_dim = config.latent_dim
+        self.progressive_input = config.progressive_input
         num_levels = len(ch_mult)
         resolutions = [image_size // 2**i for i in range(num_levels)]
-        block_kwargs = _block_kwargs(None, dropout, fir, fir_kernel, skip_rescale, init_scale)  # no time conditioning
 
-        self.conv_in = _conv3x3(in_channels, nf)
+        self.conv_in = _conv3x3(self.in_channels, nf)
         feature_channels = [nf]
         feature_resolutions = [image_size]
         channels = nf
@@ -688,27 +634,26 @@ class NCSNppEncoder(nn.Module):
         for level in range(num_levels):
             is_last = level == num_levels - 1
             block = NCSNppDownLevel(
+                config,
                 in_channels=channels,
                 out_channels=nf * ch_mult[level],
-                num_res_blocks=num_res_blocks,
-                use_attention=resolutions[level] in attn_resolutions,
+                use_attention=resolutions[level] in config.attn_resolutions,
                 add_downsample=not is_last,
-                input_skip_channels=in_channels if self.progressive_input == "input_skip" else None,
-                combine_method=progressive_combine.lower(),
-                **block_kwargs,
+                temb_channels=None,  # no time conditioning
             )
             down_blocks.append(block)
             feature_channels += block.feature_channels
-            feature_resolutions += [resolutions[level]] * num_res_blocks
+            feature_resolutions += [resolutions[level]] * config.num_res_blocks
             if not is_last:
                 feature_resolutions.append(resolutions[level + 1])
             channels = block.feature_channels[-1]
         self.down_blocks = nn.ModuleList(down_blocks)
-        self.mid_block = NCSNppMidBlock(channels, **block_kwargs)
+        self.mid_block = NCSNppMidBlock(config, channels, temb_channels=None)
         feature_channels.append(channels)
         feature_resolutions.append(resolutions[-1])
 
         #: indices (into the stored feature maps) of the feature maps that own a head
+        head_resolutions = config.head_resolutions
         self.head_feature_indices: Tuple[int, ...] = tuple(
             k for k, res in enumerate(feature_resolutions) if head_resolutions is None or res in head_resolutions
         )
@@ -717,15 +662,7 @@ class NCSNppEncoder(nn.Module):
         self.feature_channels: Tuple[int, ...] = tuple(feature_channels)
         self.feature_resolutions: Tuple[int, ...] = tuple(feature_resolutions)
         self.heads = nn.ModuleList(
-            LatentHead(
-                feature_channels[k],
-                feature_resolutions[k],
-                head_channels=head_channels,
-                hidden_dim=head_hidden_dim,
-                num_layers=head_num_layers,
-                latent_dim=latent_dim,
-            )
-            for k in self.head_feature_indices
+            LatentHead(config, feature_channels[k], feature_resolutions[k]) for k in self.head_feature_indices
         )
 
     def forward_features(self, pixel_values: torch.Tensor) -> List[torch.Tensor]:
@@ -767,7 +704,11 @@ class NCSNppDecoder(nn.Module):
     ``embedding_type="positional"``) or Gaussian Fourier features of ``log(sigma)`` (dim ``2 nf``,
     ``embedding_type="fourier"``); with ``scale_by_sigma`` the output is divided by sigma.
 
-    Args (NCSN++ trunk arguments as in :class:`NCSNppEncoder`, plus):
+    Args:
+        config: an :class:`~lzn_hf.LZNImageDecoderConfig`: the NCSN++ trunk fields as in
+            :class:`NCSNppEncoder`, plus:
+
+    Config fields:
         progressive: "none" or "output_skip" (image pyramid summed over the up path).
         embedding_type: "positional" or "fourier".
         fourier_scale: std of the Fourier frequencies at init.
@@ -776,58 +717,30 @@ class NCSNppDecoder(nn.Module):
         num_classes: size of the one-hot label input (0 = unconditional).
     """
 
-    def __init__(
-        self,
-        image_size: int = 32,
-        in_channels: int = 3,
-        nf: int = 128,
-        ch_mult: Sequence[int] = (1, 2, 2, 2),
-        num_res_blocks: int = 4,
-        attn_resolutions: Sequence[int] = (16,),
-        dropout: float = 0.0,
-        resamp_with_conv: bool = True,
-        fir: bool = False,
-        fir_kernel: Sequence[float] = (1, 3, 3, 1),
-        skip_rescale: bool = True,
-        resblock_type: str = "biggan",
-        progressive: str = "none",
-        progressive_input: str = "none",
-        progressive_combine: str = "sum",
-        init_scale: float = 0.0,
-        embedding_type: str = "positional",
-        fourier_scale: float = 16.0,
-        scale_by_sigma: bool = False,
-        latent_dim: int = 200,
-        num_classes: int = 0,
-    ):
+    def __init__(self, config):
         super().__init__()
-        _check_common(image_size, ch_mult, resblock_type, progressive_input, progressive_combine)
-        if progressive.lower() not in ("none", "output_skip"):
-            raise ValueError(f"progressive must be 'none' or 'output_skip', got {progressive!r}")
-        if embedding_type.lower() not in ("positional", "fourier"):
-            raise ValueError(f"embedding_type must be 'positional' or 'fourier', got {embedding_type!r}")
+        image_size, nf, ch_mult = config.image_size, config.nf, config.ch_mult
         self.image_size = image_size
-        self.in_channels = in_channels
+        self.in_channels = in_channels = config.num_channels
         self.nf = nf
-        self.latent_dim = latent_dim
-        self.num_classes = num_classes
-        self.progressive = progressive.lower()
-        self.progressive_input = progressive_input.lower()
-        self.embedding_type = embedding_type.lower()
-        self.scale_by_sigma = scale_by_sigma
+        self.latent_dim = config.latent_dim
+        self.num_classes = config.num_classes
+        self.progressive = config.progressive
+        self.progressive_input = config.progressive_input
+        self.embedding_type = config.embedding_type
+        self.scale_by_sigma = config.scale_by_sigma
         num_levels = len(ch_mult)
         resolutions = [image_size // 2**i for i in range(num_levels)]
         temb_channels = 4 * nf
-        block_kwargs = _block_kwargs(temb_channels, dropout, fir, fir_kernel, skip_rescale, init_scale)
 
         # conditioning: [latents, one_hot(label), time embedding] -> 4 nf
         if self.embedding_type == "fourier":
-            self.time_proj = GaussianFourierProjection(nf, scale=fourier_scale)
+            self.time_proj = GaussianFourierProjection(nf, scale=config.fourier_scale)
             self.time_embed_dim = 2 * nf
         else:
             self.time_proj = None
             self.time_embed_dim = nf
-        self.cond_embedding = ConditionEmbedding(latent_dim + num_classes + self.time_embed_dim, temb_channels)
+        self.cond_embedding = ConditionEmbedding(self.latent_dim + self.num_classes + self.time_embed_dim, temb_channels)
 
         # down path
         self.conv_in = _conv3x3(in_channels, nf)
@@ -836,38 +749,36 @@ class NCSNppDecoder(nn.Module):
         down_blocks = []
         for level in range(num_levels):
             block = NCSNppDownLevel(
+                config,
                 in_channels=channels,
                 out_channels=nf * ch_mult[level],
-                num_res_blocks=num_res_blocks,
-                use_attention=resolutions[level] in attn_resolutions,
+                use_attention=resolutions[level] in config.attn_resolutions,
                 add_downsample=level != num_levels - 1,
-                input_skip_channels=in_channels if self.progressive_input == "input_skip" else None,
-                combine_method=progressive_combine.lower(),
-                **block_kwargs,
+                temb_channels=temb_channels,
             )
             down_blocks.append(block)
             skip_channels += block.feature_channels
             channels = block.feature_channels[-1]
         self.down_blocks = nn.ModuleList(down_blocks)
 
-        self.mid_block = NCSNppMidBlock(channels, **block_kwargs)
+        self.mid_block = NCSNppMidBlock(config, channels, temb_channels)
 
         # up path (levels from lowest to highest resolution)
         up_blocks = []
         for level in reversed(range(num_levels)):
             out_channels = nf * ch_mult[level]
             resnet_in_channels = []
-            for _ in range(num_res_blocks + 1):
+            for _ in range(config.num_res_blocks + 1):
                 resnet_in_channels.append(channels + skip_channels.pop())
                 channels = out_channels
             up_blocks.append(
                 NCSNppUpLevel(
+                    config,
                     resnet_in_channels=resnet_in_channels,
                     out_channels=out_channels,
-                    use_attention=resolutions[level] in attn_resolutions,
+                    use_attention=resolutions[level] in config.attn_resolutions,
                     add_upsample=level != 0,
-                    output_skip_channels=in_channels if self.progressive == "output_skip" else None,
-                    **block_kwargs,
+                    temb_channels=temb_channels,
                 )
             )
         assert not skip_channels
@@ -878,7 +789,7 @@ class NCSNppDecoder(nn.Module):
             self.conv_out = None
         else:
             self.norm_out = _group_norm(channels)
-            self.conv_out = _conv3x3(channels, in_channels, init_scale=init_scale)
+            self.conv_out = _conv3x3(channels, in_channels, scale=config.init_scale)
 
     def forward(
         self,

@@ -24,13 +24,20 @@ A bottleneck block computes ``relu(shortcut(x) + residual(x))`` where the residu
 the first block of every stage, ``conv1x1(stride) -> GN`` (no ReLU, gamma initialised to one).
 No convolution has a bias.
 
+Construction, as :mod:`lzn_hf.ncsnpp`: ``ResNetGNEncoder(config)`` reads its fields from an
+:class:`~lzn_hf.LZNImageEncoderConfig` with ``encoder_type="resnet_gn"`` (``depths``, ``width_multiplier``,
+``head_num_layers``, ``num_groups``, ``norm_eps``, ``num_channels``, ``latent_dim``), where they are declared,
+defaulted and validated once; the blocks take explicit arguments, none of them defaulted.
+Weight initialisation has one home, :func:`init_resnet_gn_module`, used at construction and by
+``LZNPreTrainedModel._init_weights``.
+
 The module only depends on ``torch``; the checkpoint converter lives in
 :mod:`lzn_hf.conversion.resnet_gn`.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -90,7 +97,7 @@ class ShortcutProjection(nn.Module):
     Input ``[B, C_in, H, W]`` -> output ``[B, C_out, H / stride, W / stride]``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, num_groups: int = 32, eps: float = 1e-5):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, num_groups: int, eps: float):
         super().__init__()
         self.conv = _conv(in_channels, out_channels, kernel_size=1, stride=stride)
         self.norm = _group_norm(out_channels, num_groups, eps)
@@ -116,10 +123,10 @@ class BottleneckGN(nn.Module):
         self,
         in_channels: int,
         width: int,
-        stride: int = 1,
-        use_projection: bool = False,
-        num_groups: int = 32,
-        eps: float = 1e-5,
+        stride: int,
+        use_projection: bool,
+        num_groups: int,
+        eps: float,
     ):
         super().__init__()
         out_channels = width * BOTTLENECK_EXPANSION
@@ -157,8 +164,8 @@ class ResNetGNStage(nn.Module):
         in_channels: int,
         width: int,
         stride: int,
-        num_groups: int = 32,
-        eps: float = 1e-5,
+        num_groups: int,
+        eps: float,
     ):
         super().__init__()
         if num_blocks < 1:
@@ -181,7 +188,7 @@ class ResNetGNStem(nn.Module):
     Input ``[B, in_channels, H, W]`` -> output ``[B, out_channels, ceil(H / 4), ceil(W / 4)]``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, num_groups: int = 32, eps: float = 1e-5):
+    def __init__(self, in_channels: int, out_channels: int, num_groups: int, eps: float):
         super().__init__()
         self.conv = _conv(in_channels, out_channels, kernel_size=7, stride=2)
         self.norm = _group_norm(out_channels, num_groups, eps)
@@ -203,7 +210,7 @@ class ProjectionHeadGN(nn.Module):
     Input ``[B, in_dim]`` -> output ``[B, out_dim]`` (not L2-normalised).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, num_layers: int = 2, num_groups: int = 32, eps: float = 1e-5):
+    def __init__(self, in_dim: int, out_dim: int, num_layers: int, num_groups: int, eps: float):
         super().__init__()
         if num_layers < 1:
             raise ValueError("the projection head needs at least one layer")
@@ -224,11 +231,15 @@ class ProjectionHeadGN(nn.Module):
 
 @torch.no_grad()
 def init_resnet_gn_module(module: nn.Module) -> None:
-    """Initialise one (sub)module as upstream does; non-recursive, safe to call from ``_init_weights``.
+    """Initialise one (sub)module as upstream does; non-recursive. :meth:`ResNetGNEncoder.reset_parameters` and
+    ``LZNPreTrainedModel._init_weights`` both call it.
 
     * ``Conv2d`` / ``Linear``: PyTorch's default initialisation (``module.reset_parameters()``).
     * ``GroupNorm``: bias 0; weight 0 if the layer is the last norm of a bottleneck residual branch
       (flag ``zero_init_weight``), else 1. This includes the head's last GN: gamma 1, bias 0.
+
+    Only ``torch.nn.init`` functions write the tensors: ``transformers`` runs ``_init_weights`` with them guarded,
+    so weights loaded by ``from_pretrained`` are kept.
     """
     if isinstance(module, (nn.Conv2d, nn.Linear)):
         module.reset_parameters()
@@ -245,50 +256,36 @@ class ResNetGNEncoder(nn.Module):
     """ResNet-GN backbone + GroupNorm projection head; maps images in [-1, 1] to LZN anchors.
 
     Args:
+        config: an :class:`~lzn_hf.LZNImageEncoderConfig` with ``encoder_type="resnet_gn"`` (fields read: below).
+        gradient_checkpointing: run the backbone (stem + stages) through
+            ``torch.utils.checkpoint.checkpoint_sequential`` when gradients are enabled.
+        gradient_checkpointing_segments: number of checkpoint segments (upstream: 5 = stem + 4 stages).
+
+    Config fields:
         depths: blocks per stage (ResNet-50: ``(3, 4, 6, 3)``).
         width_multiplier: multiplies all channel counts (stem ``64 * m``, stage widths ``(64, 128, 256,
             512) * m``, backbone output ``2048 * m``).
-        projection_dim: anchor / latent dimension (output of the head), 256 in case study 2.
+        latent_dim: anchor / latent dimension (output of the head, ``projection_dim``), 256 in case study 2.
         head_num_layers: number of Linear+GN layers in the head (2 in case study 2); the hidden width
             equals the feature dimension.
         num_groups: GroupNorm groups everywhere (32).
         norm_eps: GroupNorm epsilon (PyTorch default 1e-5).
-        in_channels: image channels (3).
-        gradient_checkpointing: run the backbone (stem + stages) through
-            ``torch.utils.checkpoint.checkpoint_sequential`` when gradients are enabled.
-        gradient_checkpointing_segments: number of checkpoint segments (upstream: 5 = stem + 4 stages).
+        num_channels: image channels (3).
 
     Attributes:
         feature_dim: backbone output / linear-probe feature size (``2048 * width_multiplier``).
         stem, stages, head: the submodules.
     """
 
-    def __init__(
-        self,
-        depths: Sequence[int] = (3, 4, 6, 3),
-        width_multiplier: int = 1,
-        projection_dim: int = 256,
-        head_num_layers: int = 2,
-        num_groups: int = 32,
-        norm_eps: float = 1e-5,
-        in_channels: int = 3,
-        gradient_checkpointing: bool = False,
-        gradient_checkpointing_segments: int = 5,
-    ):
+    def __init__(self, config, gradient_checkpointing: bool = False, gradient_checkpointing_segments: int = 5):
         super().__init__()
-        depths = tuple(int(d) for d in depths)
-        if len(depths) < 1:
-            raise ValueError("depths must list at least one stage")
-        if int(width_multiplier) != width_multiplier or width_multiplier < 1:
-            raise ValueError(f"width_multiplier must be a positive integer, got {width_multiplier}")
-        width_multiplier = int(width_multiplier)
-        self.depths = depths
-        self.width_multiplier = width_multiplier
-        self.projection_dim = projection_dim
-        self.head_num_layers = head_num_layers
-        self.num_groups = num_groups
-        self.norm_eps = norm_eps
-        self.in_channels = in_channels
+        self.depths = depths = tuple(int(d) for d in config.depths)
+        self.width_multiplier = width_multiplier = config.width_multiplier
+        self.projection_dim = projection_dim = config.latent_dim
+        self.head_num_layers = config.head_num_layers
+        self.num_groups = num_groups = config.num_groups
+        self.norm_eps = norm_eps = config.norm_eps
+        self.in_channels = in_channels = config.num_channels
         self.gradient_checkpointing = gradient_checkpointing
         self.gradient_checkpointing_segments = gradient_checkpointing_segments
 
@@ -303,7 +300,7 @@ class ResNetGNEncoder(nn.Module):
             channels = stage.out_channels
         self.stages = nn.ModuleList(stages)
         self.feature_dim = channels
-        self.head = ProjectionHeadGN(channels, projection_dim, head_num_layers, num_groups, norm_eps)
+        self.head = ProjectionHeadGN(channels, projection_dim, self.head_num_layers, num_groups, norm_eps)
         self.reset_parameters()
 
     # ------------------------------------------------------------------ init
