@@ -80,6 +80,27 @@ def test_classifier_output_hidden_states(classifier_dir):
 # ---------------------------------------------------------------------------------------------------------
 # eval-mode determinism
 # ---------------------------------------------------------------------------------------------------------
+def test_classifier_labels_give_the_cross_entropy_loss(tiny_joint):
+    classifier = LZNForImageClassification(tiny_joint.config)
+    classifier.load_state_dict(tiny_joint.state_dict(), strict=False)
+    images, labels = tiny_images(4), torch.tensor([0, 2, 1, 2])
+    output = classifier(images, labels=labels)
+    log_probabilities = output.logits.log_softmax(-1)  # the logits are log posteriors: already normalised
+    expected = -log_probabilities[torch.arange(4), labels].mean()
+    torch.testing.assert_close(output.loss, expected)
+    assert output.loss.dtype == torch.float32 and output.loss.requires_grad
+    loss, logits = classifier(images, labels=labels, return_dict=False)[:2]  # transformers' tuple order: loss first
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(logits, output.logits)
+    assert classifier(images).loss is None
+    with pytest.raises(ValueError, match="`labels` must have one class index per image"):
+        classifier(images, labels=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"`labels` must be in \[0, 3\)"):
+        classifier(images, labels=torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(TypeError, match="`labels` must be integers"):
+        classifier(images, labels=torch.tensor([0.0, 1.0, 2.0, 1.0]))
+
+
 def test_classifier_without_bank_is_deterministic_by_default(tiny_joint):
     classifier = LZNForImageClassification(tiny_joint.config)
     classifier.load_state_dict(tiny_joint.state_dict(), strict=False)

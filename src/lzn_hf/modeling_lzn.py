@@ -618,8 +618,10 @@ class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
         random_noise: bool = False,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        labels: Optional[torch.Tensor] = None,
     ) -> Union[ImageClassifierOutput, tuple]:
-        """pixel_values `[B, C, H, W]` -> `ImageClassifierOutput` with `logits` `[B, C]` (log posteriors).
+        """pixel_values `[B, C, H, W]` -> `ImageClassifierOutput` with `logits` `[B, C]` (log posteriors), and
+        `loss` when `labels` are given.
 
         Args:
             use_anchor_bank: default: True when a bank is stored (and no `reference_anchors` are given).
@@ -630,13 +632,21 @@ class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
             random_noise: draw N(0, I) prior noise instead of zeros (upstream's evaluation, with
                 `use_anchor_bank=False`); predictions then vary from call to call unless `generator` is seeded.
             output_hidden_states: also return the encoder's feature maps as `hidden_states`.
+            labels: `[B]` true class indices: `loss` is the cross-entropy of the log posteriors (computed in
+                float32), as transformers' image classifiers report it (e.g. for `Trainer.evaluate`). It is not
+                LZN's training objective (examples/train_joint.py): the log posteriors saturate (at about -87 in
+                float32) once an image is deep in one zone, so this loss is a report, not a useful gradient.
         """
+        if labels is not None:
+            labels = check_labels(labels, self.config.label_anchors_config.num_classes)
         if use_anchor_bank is None:
             use_anchor_bank = self.anchor_bank is not None and reference_anchors is None
         if random_noise and noise is not None:
             raise ValueError("pass `noise` or `random_noise=True`, not both")
         encoded = self.get_image_features(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         anchors = encoded.anchors
+        if labels is not None and labels.shape[0] != anchors.shape[0]:
+            raise ValueError(f"`labels` must have one class index per image ({anchors.shape[0]}), got {labels.shape[0]}")
         if noise is None and not random_noise:
             noise = torch.zeros_like(anchors)
         if use_anchor_bank:
@@ -648,5 +658,8 @@ class LZNForImageClassification(LZNLatentSpaceMixin, LZNPreTrainedModel):
         else:
             latents = self.get_image_latents(anchors=anchors, noise=noise, reference_anchors=reference_anchors, generator=generator)
         logits = self.classify_latents(latents, class_weights).logits
-        output = ImageClassifierOutput(logits=logits, hidden_states=encoded.hidden_states)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device))
+        output = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states)
         return output if _use_return_dict(self.config, return_dict) else output.to_tuple()
