@@ -126,15 +126,24 @@ def test_classifier(model32, inputs, dtype):
             assert torch.equal(logits.argmax(-1), expected.argmax(-1))
 
 
+def _dtype_keywords():
+    """`dtype=` (diffusers >= 0.40, transformers 5) and the older `torch_dtype=` (diffusers 0.37-0.39; deprecated since)."""
+    import diffusers
+    from packaging.version import Version
+
+    return ["dtype", "torch_dtype"] if Version(diffusers.__version__) >= Version("0.40") else ["torch_dtype"]
+
+
+@pytest.mark.parametrize("keyword", _dtype_keywords())
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
-def test_pipeline_from_pretrained_torch_dtype(model32, dtype, tmp_path):
-    """`LZNPipeline.from_pretrained(folder, torch_dtype=...)` generates finite images close to float32's."""
+def test_pipeline_from_pretrained_torch_dtype(model32, dtype, keyword, tmp_path):
+    """`LZNPipeline.from_pretrained(folder, dtype=...)` (or `torch_dtype=`) generates finite images close to float32's."""
     from lzn_hf.pipeline_lzn import LZNPipeline
 
     LZNPipeline(image_decoder=model32.image_decoder, label_anchors=model32.label_anchors).save_pretrained(tmp_path)
     call = dict(labels=[0, 2], num_inference_steps=3, output_type="pt")
     expected = LZNPipeline.from_pretrained(tmp_path)(generator=torch.manual_seed(0), **call).images
-    pipe = LZNPipeline.from_pretrained(tmp_path, torch_dtype=dtype)
+    pipe = LZNPipeline.from_pretrained(tmp_path, **{keyword: dtype})
     assert pipe.image_decoder.dtype == pipe.label_anchors.dtype == dtype
     images = pipe(generator=torch.manual_seed(0), **call).images
     assert images.shape == expected.shape and torch.isfinite(images).all()

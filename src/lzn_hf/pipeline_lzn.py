@@ -323,7 +323,7 @@ class LZNPipeline(DiffusionPipeline):
             [`ImagePipelineOutput`] with `images`, or a tuple.
 
         Dtypes: noise and latents are made in the decoder's dtype (float16 / bfloat16 after
-        `from_pretrained(..., torch_dtype=...)`); the label flow computes in float32 and its latents are cast
+        `from_pretrained(..., dtype=...)`); the label flow computes in float32 and its latents are cast
         to the decoder's dtype; the scheduler keeps its own precision (diffusers' schedulers step in float32).
         """
         sigmas = self.check_inputs(num_images_per_label, num_images, batch_size, num_inference_steps, sigmas, sampler, output_type)
