@@ -163,6 +163,75 @@ def test_generator_list_one_per_image(unconditional, conditional):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# step-end callbacks and interrupt, as diffusers' pipelines take them
+# ---------------------------------------------------------------------------------------------------------
+def test_callback_on_step_end_sees_every_step_and_can_replace_tensors(conditional):
+    seen = []
+
+    def record(pipe, step_index, timestep, tensors):
+        seen.append((step_index, float(timestep), sorted(tensors), tuple(tensors["latents"].shape)))
+        return tensors
+
+    plain = images(conditional, labels=[0, 2])
+    assert torch.equal(images(conditional, labels=[0, 2], callback_on_step_end=record), plain)  # observing changes nothing
+    timesteps = conditional.scheduler.timesteps.tolist()
+    assert [(i, t) for i, t, _, _ in seen] == list(enumerate(timesteps)) and conditional.num_timesteps == 2
+    assert all(names == ["latents"] and shape == (2, 1, 8, 8) for _, _, names, shape in seen)
+
+    def flatten_last(pipe, step_index, timestep, tensors):  # replacing the sample after the last step is the output
+        return {"latents": torch.zeros_like(tensors["latents"])} if step_index == pipe.num_timesteps - 1 else {}
+
+    assert torch.equal(images(conditional, labels=[0, 2], callback_on_step_end=flatten_last), torch.full_like(plain, 0.5))
+
+    codes = []
+    images(conditional, labels=[1], callback_on_step_end=lambda p, i, t, k: codes.append(k["lzn_latents"]) or k,
+           callback_on_step_end_tensor_inputs=["lzn_latents"])
+    assert len(codes) == 2 and codes[0].shape == (1, 16)
+
+
+def test_diffusers_pipeline_callbacks_and_interrupt(conditional):
+    from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+    class StopAfterFirstStep(PipelineCallback):
+        tensor_inputs = ["latents"]
+
+        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+            pipeline._interrupt = True  # diffusers' way to skip the remaining steps
+            return callback_kwargs
+
+    calls = []
+    decoder_forward = conditional.image_decoder.forward
+    conditional.image_decoder.forward = lambda *a, **k: calls.append(1) or decoder_forward(*a, **k)
+    try:
+        stopped = conditional(labels=[1], num_inference_steps=4, generator=torch.manual_seed(0), output_type="pt",
+                              callback_on_step_end=MultiPipelineCallbacks([StopAfterFirstStep()])).images
+    finally:
+        del conditional.image_decoder.forward
+    assert len(calls) == 1 and stopped.shape == (1, 1, 8, 8) and torch.isfinite(stopped).all()
+    calls.clear()
+    conditional.image_decoder.forward = lambda *a, **k: calls.append(1) or decoder_forward(*a, **k)
+    try:
+        images(conditional, labels=[1])  # the next call starts afresh: every step runs
+    finally:
+        del conditional.image_decoder.forward
+    assert len(calls) == 2 and conditional.interrupt is False
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(callback_on_step_end="print"), TypeError, "`callback_on_step_end` must be callable"),
+        (dict(callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["noise"]), ValueError, "`callback_on_step_end_tensor_inputs` must be a list of names from"),
+        (dict(callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs="latents"), ValueError, "`callback_on_step_end_tensor_inputs`"),
+        (dict(callback_on_step_end=lambda *a: {}, sampler="rk45"), ValueError, "needs sampler='scheduler'"),
+    ],
+)
+def test_bad_callbacks_name_the_argument(conditional, kwargs, error, message):
+    with pytest.raises(error, match=message.replace("(", r"\(").replace("[", r"\[")):
+        images(conditional, labels=[1], **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # `from lzn_hf import LZNPipeline`, lazily
 # ---------------------------------------------------------------------------------------------------------
 def test_lazy_top_level_export():

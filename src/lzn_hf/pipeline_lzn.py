@@ -16,11 +16,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImagePipelineOutput
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import DIFFUSERS_DYNAMIC_MODULE_NAME
@@ -72,6 +73,8 @@ class LZNPipeline(DiffusionPipeline):
     # diffusers treats a component with a default value as a module only if it is listed here; the scheduler
     # still never stays None (see __init__), so folders written by lzn_hf always hold one.
     _optional_components = ["label_anchors", "scheduler"]
+    # what `callback_on_step_end` may read and replace: `latents` the image being denoised, `lzn_latents` the codes
+    _callback_tensor_inputs = ["latents", "lzn_latents"]
 
     def __init__(
         self,
@@ -214,15 +217,32 @@ class LZNPipeline(DiffusionPipeline):
     def _velocity(self, sample, timestep, lzn_latents, class_labels):
         return self.image_decoder(sample, timestep, lzn_latents, class_labels).sample
 
-    def _sample_with_scheduler(self, sample, lzn_latents, class_labels, num_inference_steps, sigmas, generator):
+    def _sample_with_scheduler(self, sample, lzn_latents, class_labels, num_inference_steps, sigmas, generator, callback=None, callback_inputs=()):
         timesteps = self._set_timesteps(num_inference_steps, sigmas, sample.device)
+        self._num_timesteps = len(timesteps)
         sample = sample * getattr(self.scheduler, "init_noise_sigma", 1.0)
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
-        for timestep in self.progress_bar(timesteps):
+        for step_index, timestep in enumerate(self.progress_bar(timesteps)):
+            if self.interrupt:
+                continue
             model_input = self.scheduler.scale_model_input(sample, timestep) if hasattr(self.scheduler, "scale_model_input") else sample
             velocity = self._velocity(model_input, timestep, lzn_latents, class_labels)
             sample = self.scheduler.step(velocity, timestep, sample, return_dict=False, **step_kwargs)[0]
+            if callback is not None:
+                tensors = {"latents": sample, "lzn_latents": lzn_latents}
+                returned = callback(self, step_index, timestep, {name: tensors[name] for name in callback_inputs}) or {}
+                sample, lzn_latents = returned.get("latents", sample), returned.get("lzn_latents", lzn_latents)
         return sample
+
+    @property
+    def num_timesteps(self) -> int:
+        """Scheduler steps of the last call (diffusers' pipelines report it too)."""
+        return getattr(self, "_num_timesteps", 0)
+
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` from a step-end callback to skip the remaining steps."""
+        return getattr(self, "_interrupt", False)
 
     def _sample_with_rk45(self, sample, lzn_latents, class_labels, rtol: float = 1e-5, atol: float = 1e-5):
         """Upstream's adaptive sampler: scipy's RK45 from t = 1e-3 to t = 1 in upstream's time (t = 1 - sigma)."""
@@ -298,6 +318,8 @@ class LZNPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         batch_size: Optional[int] = None,
+        callback_on_step_end: Optional[Union[Callable[..., Dict[str, Any]], PipelineCallback, MultiPipelineCallbacks]] = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> Union[ImagePipelineOutput, tuple]:
         r"""Generate images.
 
@@ -318,6 +340,12 @@ class LZNPipeline(DiffusionPipeline):
             lzn_latents: `[B, d]` LZN latent codes, bypassing the label encoder (for conditional models the
                 labels are still needed by the decoder).
             output_type: `"pil"`, `"np"` or `"pt"`; images in [0, 1].
+            callback_on_step_end: called after each scheduler step as `callback(pipe, step_index, timestep,
+                callback_kwargs)`, with `callback_kwargs` holding the tensors named in
+                `callback_on_step_end_tensor_inputs` (from `_callback_tensor_inputs`: `"latents"` `[B, C, H, W]`,
+                `"lzn_latents"` `[B, d]`); tensors in the dict it returns replace the pipeline's. A diffusers
+                `PipelineCallback` / `MultiPipelineCallbacks` brings its own `tensor_inputs`. Setting
+                `pipe._interrupt = True` in it skips the remaining steps, as in diffusers. Scheduler sampling only.
 
         Returns:
             [`ImagePipelineOutput`] with `images`, or a tuple.
@@ -327,6 +355,10 @@ class LZNPipeline(DiffusionPipeline):
         to the decoder's dtype; the scheduler keeps its own precision (diffusers' schedulers step in float32).
         """
         sigmas = self.check_inputs(num_images_per_label, num_images, batch_size, num_inference_steps, sigmas, sampler, output_type)
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        _check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs, self._callback_tensor_inputs, sampler)
+        self._interrupt = False
         decoder_config = self.image_decoder.config
         device = self._execution_device
         dtype = self.image_decoder.dtype
@@ -357,7 +389,9 @@ class LZNPipeline(DiffusionPipeline):
         if sampler == "rk45":
             sample = self._sample_with_rk45(sample, lzn_latents, class_labels)
         else:
-            sample = self._sample_with_scheduler(sample, lzn_latents, class_labels, num_inference_steps, sigmas, generator)
+            sample = self._sample_with_scheduler(
+                sample, lzn_latents, class_labels, num_inference_steps, sigmas, generator, callback_on_step_end, callback_on_step_end_tensor_inputs
+            )
 
         # 5. [-1, 1] -> [0, 1] -> output type
         images = self.image_processor.postprocess(sample, output_type=output_type)
@@ -394,6 +428,17 @@ def _check_components(image_decoder, label_anchors) -> None:
             f"`label_anchors` ({anchors_config.num_classes} classes, latent_dim {anchors_config.latent_dim}) do not match "
             f"`image_decoder` ({num_classes} classes, latent_dim {latent_dim})"
         )
+
+
+def _check_callback(callback, tensor_inputs, allowed: Sequence[str], sampler: str) -> None:
+    if callback is None:
+        return
+    if not callable(callback):
+        raise TypeError(f"`callback_on_step_end` must be callable (pipe, step_index, timestep, callback_kwargs) -> dict, got {type(callback).__name__}")
+    if sampler != "scheduler":
+        raise ValueError("`callback_on_step_end` needs sampler='scheduler' (the RK45 solver has no steps to call it at)")
+    if isinstance(tensor_inputs, str) or not all(name in allowed for name in tensor_inputs):
+        raise ValueError(f"`callback_on_step_end_tensor_inputs` must be a list of names from {list(allowed)}, got {tensor_inputs!r}")
 
 
 def _check_count(name: str, value, maximum: Optional[int] = None) -> None:
