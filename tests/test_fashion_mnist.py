@@ -34,7 +34,8 @@ def fashion_like(tmp_path_factory):
     from lzn_hf.datasets_offline import FASHION_MNIST_CLASS_NAMES, save_image_dataset
 
     folder = tmp_path_factory.mktemp("fashion") / "fashion-mnist"
-    save_image_dataset({"train": blob_images(20, seed=0), "test": blob_images(10, seed=1)}, FASHION_MNIST_CLASS_NAMES[:3], folder)
+    splits = {"train": blob_images(6, num_classes=10, seed=0), "test": blob_images(3, num_classes=10, seed=1)}
+    save_image_dataset(splits, FASHION_MNIST_CLASS_NAMES, folder)
     return folder
 
 
@@ -80,10 +81,10 @@ def test_saved_fashion_layout_columns_and_classes(fashion_like):
         image_column = label_column = cache_dir = max_train_samples = None
 
     train, test, class_names = load_training_data(Data, 28, 1)
-    assert class_names == ["T-shirt/top", "Trouser", "Pullover"] and len(train) == 60 and len(test) == 30
+    assert class_names[:3] == ["T-shirt/top", "Trouser", "Pullover"] and len(train) == 60 and len(test) == 30
     images, labels = stack_dataset(train, 30)
     assert images.shape == (30, 1, 28, 28) and images.min() >= -1 and images.max() <= 1
-    assert torch.bincount(labels).tolist() == [10, 10, 10]  # stratified, although the rows are sorted by class
+    assert torch.bincount(labels).tolist() == [3] * 10  # stratified, although the rows are sorted by class
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -221,3 +222,23 @@ def test_probe_protocol_rows():
 
 def test_presets_cover_the_recipes():
     assert set(FASHION_PRESETS) <= set(LZN_PRESETS) and set(FASHION_PRESETS) <= set(TRAINING_RECIPES)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# evaluation of a 28x28 run folder on a saved dataset (randomly initialised models: the plumbing, not the numbers)
+# ---------------------------------------------------------------------------------------------------------
+def test_evaluate_a_fashion_joint_run(fashion_like, tmp_path):
+    from test_evaluate_script import save_run
+
+    from lzn_hf.evaluation import EvaluationArguments, evaluate
+
+    folder = save_run(tmp_path / "joint", "fashion-mnist-joint", "train_joint.py", {"dataset_name": str(fashion_like)}, global_batch_size=16)
+    with torch.no_grad():
+        metrics = evaluate(EvaluationArguments(path=folder, num_samples=10, max_eval_samples=60, num_inference_steps=1, reconstruction_steps=1,
+                                               noise_draws=1, probe_epochs=2, num_threads=None))
+    assert metrics["judge/kind"] == "cnn" and 0 <= metrics["judge/accuracy_real_test"] <= 1
+    assert metrics["fd_cnn/feature_classifier_accuracy_real_test"] == metrics["judge/accuracy_real_test"]  # one network, both roles
+    assert all(math.isfinite(metrics[key]) for key in ("fd_cnn", "fd_cnn/real_test", "judge/agreement", "reconstruction_error"))
+    assert {"linear_probe/lzn", "linear_probe/lzn_backbone", "accuracy/anchor_bank"} <= set(metrics)
+    assert metrics["probe/protocol"]["train_images"] == 60 and metrics["probe/protocol"]["test_images"] == 30
+    assert metrics["num_train_images"] == 60 and metrics["num_test_images"] == 30
