@@ -242,3 +242,27 @@ def test_evaluate_a_fashion_joint_run(fashion_like, tmp_path):
     assert {"linear_probe/lzn", "linear_probe/lzn_backbone", "accuracy/anchor_bank"} <= set(metrics)
     assert metrics["probe/protocol"]["train_images"] == 60 and metrics["probe/protocol"]["test_images"] == 30
     assert metrics["num_train_images"] == 60 and metrics["num_test_images"] == 30
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the SimCLR baseline through examples/train_representation.py
+# ---------------------------------------------------------------------------------------------------------
+def test_simclr_objective_end_to_end(tmp_path):
+    import json
+
+    from test_training import card_metadata, launch
+
+    from lzn_hf.training import read_run_config
+
+    out = tmp_path / "simclr"
+    launch("train_representation.py", "--config", "tiny-representation", "--dataset_name", "digits", "--max_eval_samples", 100, "--resolution", 16,
+           "--objective", "simclr", "--temperature", 0.2, "--lr_scheduler", "cosine", "--output_dir", out, "--train_batch_size", 6,
+           "--max_train_steps", 3, "--checkpointing_steps", 0, "--report_to", "none", "--logging_steps", 1, tmp_path=tmp_path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["objective"] == "simclr" and 0 <= metrics["accuracy/linear_probe"] <= 1 and metrics["probe/protocol"]["train_images"] == 100
+    record = read_run_config(out)
+    assert record["script_flags"]["objective"] == "simclr" and record["flags"]["lr_scheduler"] == "cosine"
+    assert "SimCLR" in (out / "README.md").read_text() and card_metadata(out)["pipeline_tag"] == "image-feature-extraction"
+    history = [json.loads(line) for line in (out / "logs" / "history.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in history] == [1, 2, 3]
+    assert all(math.isfinite(row["loss"]) and 0 <= row["assignment_accuracy"] <= 1 for row in history)
