@@ -266,3 +266,27 @@ def test_simclr_objective_end_to_end(tmp_path):
     history = [json.loads(line) for line in (out / "logs" / "history.jsonl").read_text().splitlines()]
     assert [row["step"] for row in history] == [1, 2, 3]
     assert all(math.isfinite(row["loss"]) and 0 <= row["assignment_accuracy"] <= 1 for row in history)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# docs/reproduce_fashion_mnist.sh: every command parses (flags, presets, recipes), nothing runs
+# ---------------------------------------------------------------------------------------------------------
+def test_reproduce_fashion_mnist_commands_parse(tmp_path):
+    import importlib.util
+    import re
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "reproduce_fashion_mnist.sh").read_text()
+    commands = re.findall(r'^\s*train (train_\w+\.py) \S+ (.+)$', text, flags=re.MULTILINE)
+    assert len(commands) == 7 and {script for script, _ in commands} == {"train_generation.py", "train_joint.py", "train_representation.py"}
+    modules = {}
+    for script, flags in commands:
+        if script not in modules:
+            spec = importlib.util.spec_from_file_location(f"lzn_{script[:-3]}_reproduce", root / "examples" / script)
+            modules[script] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(modules[script])
+        argv = shlex.split(flags.replace('"${data[@]}"', "--dataset_name DATA --seed 1").replace('"$mnist"', "MNIST").replace('"$seed"', "0"))
+        parsed = modules[script].parse_args(["--mixed_precision", "bf16", "--output_dir", str(tmp_path / "run"), *argv])
+        assert parsed[0].config.startswith("fashion-mnist-") and parsed[0].mixed_precision == "bf16" and parsed[0].lr_scheduler == "cosine"
