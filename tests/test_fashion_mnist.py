@@ -290,3 +290,5 @@ def test_reproduce_fashion_mnist_commands_parse(tmp_path):
         argv = shlex.split(flags.replace('"${data[@]}"', "--dataset_name DATA --seed 1").replace('"$mnist"', "MNIST").replace('"$seed"', "0"))
         parsed = modules[script].parse_args(["--mixed_precision", "bf16", "--output_dir", str(tmp_path / "run"), *argv])
         assert parsed[0].config.startswith("fashion-mnist-") and parsed[0].mixed_precision == "bf16" and parsed[0].lr_scheduler == "cosine"
+    with pytest.raises(ValueError, match="--temperature"):
+        modules["train_representation.py"].parse_args(["--config", "fashion-mnist-representation", "--objective", "simclr", "--temperature", "0"])
