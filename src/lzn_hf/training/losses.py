@@ -125,21 +125,18 @@ def nt_xent_logits(
     return logits, positives
 
 
-def nt_xent_loss(
-    embeddings1: torch.Tensor,
-    embeddings2: torch.Tensor,
-    reference1: Optional[torch.Tensor] = None,
-    reference2: Optional[torch.Tensor] = None,
-    targets: Optional[torch.Tensor] = None,
-    temperature: float = 0.5,
-) -> torch.Tensor:
+def nt_xent_loss(embeddings1: torch.Tensor, embeddings2: torch.Tensor, *references_and_targets: Optional[torch.Tensor],
+                 temperature: float = 0.5) -> torch.Tensor:
     """SimCLR's InfoNCE loss over two views (NT-Xent, Chen et al. 2020), the contrastive baseline of case study 2:
     ``mean_i -log( exp(s(i, p_i) / T) / sum_{k != i} exp(s(i, k) / T) )`` over the ``2B`` local queries, ``s`` the
     cosine similarity, ``p_i`` the other view of the same image, ``k`` over the ``2N`` embeddings of the global batch.
 
-    Arguments as :func:`nt_xent_logits` (``[B, d]`` local views, ``[N, d]`` gathered references, ``[B]`` targets).
+    Arguments as :func:`nt_xent_logits`: ``[B, d]`` local views, then optionally ``reference1``, ``reference2``
+    (``[N, d]``, gathered) and ``targets`` (``[B]``), positionally; ``temperature`` by keyword.
     With one process (``N = B``) it is the usual NT-Xent of a batch; with several, the mean over processes of their
     losses equals the single-process loss of the global batch. Returns a scalar.
     """
-    logits, positives = nt_xent_logits(embeddings1, embeddings2, reference1, reference2, targets, temperature)
+    if len(references_and_targets) > 3:
+        raise TypeError(f"nt_xent_loss takes at most 5 positional arguments, got {2 + len(references_and_targets)}")
+    logits, positives = nt_xent_logits(embeddings1, embeddings2, *references_and_targets, temperature=temperature)
     return F.cross_entropy(logits, positives)
