@@ -14,15 +14,19 @@ folder holds and measures:
       floor: 360 images for the digits), and `fd_digits/test_size_subset`, the samples' distance for a random
       subset as large as the held-out split: the distance grows as the set shrinks (a random 360 of the
       training images themselves score about 0.36), so compare that one with the floor;
+    - `fd_cnn` instead for images of 16 pixels a side or more (Fashion-MNIST, MNIST): the hidden features of the
+      CNN judge (`lzn_hf.evaluation.fit_cnn_judge`: two conv stages and a 128-unit layer trained 5 epochs on the
+      real training split), with the same `/real_test`, `/test_size_subset` and held-out accuracy entries;
     - `judge/agreement` (conditional decoders): the share of samples that an independent classifier of real
-      images (`fit_pixel_judge`: an RBF SVC on pixels, fitted on the training split) labels as their
-      conditioning class; `judge/accuracy_real_test`: that judge on the real held-out images;
+      images labels as their conditioning class (`judge/kind`: `pixel_svc`, an RBF SVC on the pixels of the 8x8
+      digits, or `cnn`, the CNN judge above); `judge/accuracy_real_test`: that judge on the real held-out images;
       `judge/class_histogram_tv`: total-variation distance between the judged classes of the samples and the
       training class frequencies (mode coverage);
     - `reconstruction_error` (lzn-method.md §3.1): held-out image -> its latent (zero for a decoder trained
       without LZN latent; the true label for conditional decoders) -> inverted image ODE -> regenerated image,
       mean L2 in [-1, 1] units (`--reconstruction_steps` Euler steps each way; the error falls like 1 / steps,
-      so compare models at equal steps);
+      so compare models at equal steps), over at most `--reconstruction_samples` held-out images (a seeded
+      stratified subset);
     - with `--fid`: Inception FID (`fid`, `fid/real_test`) against the training split, images resized to
       299x299 (bilinear, antialiased) and grey images repeated to 3 channels (the optional `fid` extra).
 * classification (an encoder with label anchors, or the `classifier/` folder): upstream's batch mode
@@ -30,14 +34,17 @@ folder holds and measures:
   and with random prior noise (mean and sd over `--noise_draws` draws), each with uniform class weights and
   with the batch's true-label histogram (`..._class_weights`, upstream's weighted variant), and the anchor-bank
   mode of `LZNForImageClassification` (`accuracy/anchor_bank`).
-* representation (an image encoder): a linear probe on frozen `pooler_output` features (`linear_probe/lzn`;
-  single views, every feature standardised with the training split's mean and sd, zero-initialised linear
-  layer, AdamW lr `--probe_lr` 1e-3, batch 256, `--probe_epochs` 1000: run to convergence, unlike the short
-  raw-feature probe of train_representation.py, so that encoders with small features are not penalised).
-  With `--baselines`: the same probe on the raw pixels (`linear_probe/pixels`), on a randomly initialised
-  encoder of the same config (seeded: `linear_probe/random_init`) and on an encoder of the same config trained
-  with cross-entropy on the training split (`--supervised_steps` Adam steps: `linear_probe/supervised`; its own
-  test accuracy: `accuracy/cross_entropy_classifier`).
+* representation (an image encoder): the pinned linear probe of `lzn_hf.evaluation.probe` on frozen
+  `pooler_output` features (`linear_probe/lzn`, or `linear_probe/simclr` for a `--objective simclr` run; single
+  views, every feature standardised with the training split's mean and sd, zero-initialised linear layer,
+  AdamW lr `--probe_lr` 1e-3, batch 256, `--probe_epochs` 1000: run to convergence, so that encoders with small
+  features are not penalised; `probe/protocol` records the sets and settings). NCSN++ encoders also get
+  `..._backbone`: the same probe on the pre-head feature maps, each averaged over space, concatenated
+  (their `pooler_output` is the anchor, after the latent heads). With `--baselines`: the same probe on the raw
+  pixels (`linear_probe/pixels`), on a randomly initialised encoder of the same config (seeded:
+  `linear_probe/random_init`) and on an encoder of the same config trained with cross-entropy on the training
+  split (`--supervised_steps` Adam steps: `linear_probe/supervised`; its own test accuracy:
+  `accuracy/cross_entropy_classifier`).
 
 Encoders that were not trained (`--without_lzn_latent` runs) and label anchors that were not trained
 (train_generation.py runs) are skipped. The data: the same training / held-out split as the training

@@ -34,7 +34,7 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from lzn_hf import LZNForImageClassification, LZNModel
-from lzn_hf.evaluation import batch_mode_accuracy, fit_pixel_judge, train_cross_entropy_classifier
+from lzn_hf.evaluation import batch_mode_accuracy, fit_image_judge, train_cross_entropy_classifier
 from lzn_hf.latent_flow import latents_to_anchors
 from lzn_hf.model_cards import write_model_card
 from lzn_hf.training import (
@@ -238,14 +238,13 @@ def export_and_evaluate(args, joint, evaluation, ema_model, train_dataset, test_
                                                          num_steps=evaluation.ce_ceiling_steps, seed=args.seed)
                 metrics["accuracy/cross_entropy_ceiling"] = (predict(test_images) == test_labels).float().mean().item()
         if evaluation.judge_samples_per_class > 0:
-            judge = fit_pixel_judge(train_images, train_labels)
+            judge = fit_image_judge(train_images, train_labels, seed=0)  # 8x8: pixel SVC; 28x28: the CNN judge
             if test_dataset is not None:
-                metrics["judge/accuracy_on_real_test_images"] = float(
-                    judge.score(((test_images + 1) / 2).reshape(len(test_images), -1).numpy(), test_labels.numpy()))
+                metrics["judge/accuracy_on_real_test_images"] = judge.accuracy(test_images, test_labels)
             samples = pipeline(labels=grid_labels, num_images_per_label=evaluation.judge_samples_per_class, generator=generator,
-                               num_inference_steps=evaluation.num_inference_steps, output_type="np").images  # [C * K, H, W, ch] in [0, 1]
-            wanted = torch.arange(num_classes).repeat_interleave(evaluation.judge_samples_per_class).numpy()
-            metrics["judge/agreement_with_conditioning_class"] = float((judge.predict(samples.reshape(len(samples), -1)) == wanted).mean())
+                               num_inference_steps=evaluation.num_inference_steps, output_type="pt").images  # [C * K, ch, H, W] in [0, 1]
+            wanted = torch.arange(num_classes).repeat_interleave(evaluation.judge_samples_per_class)
+            metrics["judge/agreement_with_conditioning_class"] = (judge.predict(samples.cpu().float() * 2 - 1) == wanted).float().mean().item()
         metrics["eval_wall_time_s"] = time.time() - eval_start
 
     per_class = evaluation.num_samples_per_class

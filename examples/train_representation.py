@@ -10,8 +10,12 @@ view-2 anchors of the global batch (lzn-method.md §3.2). Each step:
     L       = -mean_b log max_{k >= cut-off} P[k, b, j*_b]     j*_b = rank * B + b (the same image's view 2)
 
 No negatives list, temperature or auxiliary loss. The representation is the backbone feature
-(`pooler_output`, the 2048-d pooled feature of the ResNet-50-GN); views are SimCLR-style augmentations
-written in torch (`lzn_hf.training.simclr_augment`; torchvision is not needed).
+(`pooler_output`, the 2048-d pooled feature of the ResNet-50-GN; for NCSN++ encoders `pooler_output` is the anchor
+and the probe also reads the pooled pre-head feature maps: lzn_hf.evaluation.probe); views are SimCLR-style
+augmentations written in torch (`lzn_hf.training.simclr_augment`; torchvision is not needed).
+
+`--objective simclr` trains the same encoder, on the same views, data and budget, with SimCLR's InfoNCE loss
+(NT-Xent over the 2N anchors of the global batch, `--temperature`) instead: the contrastive baseline of case study 2.
 
     accelerate launch examples/train_representation.py --config imagenet-representation --train_data_dir imagenet/train
     python examples/train_representation.py --config tiny-representation --dataset_name digits --resolution 16 --max_train_steps 300
@@ -28,7 +32,7 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from lzn_hf import LZNModel
-from lzn_hf.evaluation import linear_probe_accuracy
+from lzn_hf.evaluation import probe_accuracies, protocol_record
 from lzn_hf.latent_flow import latents_to_anchors
 from lzn_hf.model_cards import write_model_card
 from lzn_hf.training import (
@@ -44,6 +48,7 @@ from lzn_hf.training import (
     load_training_data,
     make_accelerator,
     nonfinite_loss,
+    nt_xent_logits,
     parse_training_arguments,
     prepare_training,
     rank_randn,
@@ -65,6 +70,9 @@ logger = get_logger(__name__, log_level="INFO")
 class RepresentationArguments:
     _argument_group_name = "case study 2"
 
+    objective: str = flag("lzn", "'lzn' (the assignment loss through the latent flows) or 'simclr' (InfoNCE / NT-Xent over the two "
+                                 "views: the contrastive baseline, same encoder, views and budget).", choices=["lzn", "simclr"])
+    temperature: float = flag(0.5, "--objective simclr: softmax temperature of the cosine similarities (SimCLR: 0.5 at batch 256).")
     cross_entropy_weight: float = flag(1.0, "weight of -log q (paper: 1).")
     prob_weight: float = flag(0.0, "weight of -q (paper: 0).")
     gradient_checkpointing: bool = flag(
@@ -73,6 +81,10 @@ class RepresentationArguments:
     flip_prob: float = flag(0.5, "probability of a horizontal flip (0 for data that flips change, such as digits).")
     jitter_strength: float = flag(1.0, "SimCLR colour-jitter strength s.")
     max_eval_samples: int = flag(10_000, "images per split for the linear probe (the whole split, or a seeded stratified subset).")
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError(f"--temperature must be > 0, got {self.temperature}")
 
 def parse_args(argv=None):
     defaults = {"config": "imagenet-representation", "output_dir": "lzn-representation"}
@@ -106,6 +118,27 @@ class RepresentationTrainingModule(nn.Module):
         return loss, accuracy
 
 
+class SimCLRTrainingModule(nn.Module):
+    """The contrastive baseline in one module: NT-Xent over the anchors (the projection-head output) of both views of
+    the global batch, gathered with gradients as the LZN loss gathers them; the probe reads the same features."""
+
+    def __init__(self, lzn: LZNModel, temperature: float):
+        super().__init__()
+        self.lzn, self.temperature = lzn, temperature
+
+    def forward(self, view1, view2, latent_noise, targets):
+        anchors1, anchors2 = self.lzn.get_image_anchors(torch.cat([view1, view2])).chunk(2)  # [B, d] each
+        with float32_flows(view1.device.type):  # the similarities in float32, as the LZN loss's flows
+            (anchors1, reference1), (anchors2, reference2) = gather_float32_anchors(anchors1), gather_float32_anchors(anchors2)  # [N, d]
+            nan = nonfinite_loss(reference1, reference2)
+            if nan is not None:
+                return nan, nan.detach()
+            logits, positives = nt_xent_logits(anchors1, anchors2, reference1, reference2, targets, self.temperature)  # [2B, 2N], [2B]
+            loss = nn.functional.cross_entropy(logits, positives)
+        accuracy = (logits.argmax(-1) == positives).float().mean().detach()  # the positive is the most similar of 2N - 1
+        return loss, accuracy
+
+
 def main(args, representation):
     start_time = time.time()
     accelerator = make_accelerator(args)
@@ -122,8 +155,11 @@ def main(args, representation):
     for part in (model.image_decoder, model.label_anchors):  # only the encoder trains in case study 2
         if part is not None:
             part.requires_grad_(False)
-    training_module = RepresentationTrainingModule(model, config.label_loss_cutoff, representation.cross_entropy_weight, representation.prob_weight,
-                                                   representation.gradient_checkpointing)
+    if representation.objective == "simclr":
+        training_module = SimCLRTrainingModule(model, representation.temperature)
+    else:
+        training_module = RepresentationTrainingModule(model, config.label_loss_cutoff, representation.cross_entropy_weight,
+                                                       representation.prob_weight, representation.gradient_checkpointing)
     ema = ModuleEMA(model, args.ema_decay, parts=("image_encoder",))
     optimizer, lr_scheduler = adam_with_warmup({"image_encoder": (model.image_encoder, args.learning_rate_encoder)}, args.lr_warmup_steps,
                                                **args.adam_options())
@@ -176,26 +212,30 @@ def export(args, representation, global_batch_size, ema_model, train_dataset, te
         save_image_grid([to01(examples), to01(views[0]), to01(views[1])], output_dir / "views.png", row_labels=["image", "view 1", "view 2"])
         if test_dataset is not None and train_labels is not None:
             test_images, test_labels = stack_dataset(test_dataset, representation.max_eval_samples)
-            if test_labels is not None:  # AdamW probe on the standardised frozen features, as examples/evaluate.py
-                with torch.no_grad():
-                    features = [torch.cat([ema_model.get_image_features(chunk).pooler_output for chunk in images.split(256)]) for images in (train_images, test_images)]
-                metrics["accuracy/linear_probe"] = linear_probe_accuracy(features[0], train_labels, features[1], test_labels, epochs=1000,
-                                                                        lr=1e-3, standardize=True, seed=args.seed)
+            if test_labels is not None:  # the pinned probe of examples/evaluate.py (lzn_hf.evaluation.probe)
+                accuracies = probe_accuracies(ema_model.image_encoder, train_images, train_labels, test_images, test_labels, epochs=1000,
+                                              lr=1e-3, seed=args.seed)
+                for feature, accuracy in accuracies.items():
+                    metrics["accuracy/linear_probe" + ("_backbone" if feature == "backbone" else "")] = accuracy
+                metrics["probe/protocol"] = protocol_record(len(train_images), len(test_images), 1000, 1e-3, args.seed)
     save_training_curves(history.read(), output_dir / "training_curves.png", keys=["loss", "assignment_accuracy", "grad_norm", "lr/image_encoder"],
                          title="LZN case study 2")
-    metrics.update(total_wall_time_s=time.time() - start_time, config=args.config, seed=args.seed)
+    metrics.update(total_wall_time_s=time.time() - start_time, config=args.config, seed=args.seed, objective=representation.objective)
     write_json_atomically(output_dir / "metrics.json", metrics)
 
     datasets = [dataset_id(args.dataset_name, args.train_data_dir)]
-    accuracy = {k: round(v, 4) for k, v in metrics.items() if k.startswith("accuracy/")}
+    accuracy = {k: round(v, 4) for k, v in metrics.items() if k.startswith("accuracy/") and isinstance(v, float)}
     training = training_markdown(args, global_batch_size, "train_representation.py", {"training wall time (s)": round(metrics["train_wall_time_s"])})
     name = args.hub_model_id or output_dir.resolve().name
     write_model_card(output_dir / "model", datasets=datasets, metrics=accuracy, extra_text=training, tags=["case-study-2"], license="mit",
                      title=f"{name} / model")
+    how = ("as a Latent Zoning Network (case study 2 of Lin et al.): the latent of one augmented view is classified among the "
+           "zones of the other views" if representation.objective == "lzn" else
+           "with SimCLR's InfoNCE loss (the contrastive baseline of LZN's case study 2): each view's anchor must be closest "
+           f"to the other view of the same image among the 2N anchors of the batch (temperature {representation.temperature})")
     write_run_card(
-        output_dir, f"{name}: LZN representation learning",
-        "An image encoder trained without labels as a Latent Zoning Network (case study 2 of Lin et al.): the latent of "
-        "one augmented view is classified among the zones of the other views. The representation is the backbone "
+        output_dir, f"{name}: {'LZN' if representation.objective == 'lzn' else 'SimCLR'} representation learning",
+        f"An image encoder trained without labels {how}. The representation is the backbone "
         "feature (`pooler_output`). `model/`: the `LZNModel` (EMA weights) with its image processor.",
         pipeline_tag="image-feature-extraction", datasets=datasets, metrics=accuracy, tags=["case-study-2"], extra_text=training,
         usage="from transformers import pipeline\nimport lzn_hf  # registers the LZN classes\n\n"

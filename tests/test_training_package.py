@@ -44,7 +44,9 @@ def test_recipe_fills_unset_flags_and_flags_win():
     assert args.ema_decay == 0.999999 and args.global_batch_size == 2000 and args.random_flip is False and args.report_to is None
     assert tu.local_batch_size(args.train_batch_size, args.global_batch_size, 8) == 250
     assert parse(["--random_flip"]).random_flip is True
-    assert args.adam_options() == {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "fused": None}
+    assert args.adam_options() == {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "fused": None, "schedule": "constant",
+                                   "total_steps": args.max_train_steps}
+    assert args.lr_scheduler == "constant" and parse(["--lr_scheduler", "cosine"]).adam_options()["schedule"] == "cosine"
     assert parse(["--no-adam_fused"]).adam_options()["fused"] is False and parse(["--adam_fused"]).adam_options()["fused"] is True
 
 

@@ -431,6 +431,14 @@ _HIRES_GENERATION = {
     },
 }
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# Fashion-MNIST and MNIST (28x28, one channel; issue 16): native size, no padding to 32 (28 = 7 * 2**2 suits
+# ch_mult [1, 2, 2]: maps of 28, 14 and 7 pixels; padding would cost (32/28)**2 = 1.31x the compute for blank border).
+# Sized for about 30 minutes per run on 2 CPU cores in bf16 (docs/training.md): a 1.2 M-parameter encoder (the issue's
+# calibration encoder: nf 16, one res block, d = 64, heads of 8 channels and 64 units on every map) and a
+# 1.3 M-parameter decoder (nf 32, one res block, attention at 7x7).
+_REAL28_TRUNK = {"image_size": 28, "num_channels": 1, "latent_dim": 64, "nf": 16, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "attn_resolutions": [7]}
+_REAL28_ENCODER = {**_REAL28_TRUNK, "head_channels": 8, "head_hidden_dim": 64}
+_REAL28_DECODER = {**_REAL28_TRUNK, "nf": 32}
 _TINY_TRUNK = {"image_size": 8, "num_channels": 1, "latent_dim": 16, "nf": 16, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [4]}
 
 LZN_PRESETS: Dict[str, Dict[str, Any]] = {
@@ -466,6 +474,19 @@ LZN_PRESETS: Dict[str, Dict[str, Any]] = {
     },
     "digits-representation": {
         "image_encoder_config": {**_TINY_TRUNK, "latent_dim": 32, "head_channels": 8, "head_hidden_dim": 64},
+        "image_flow_solver": "euler",
+        "prior_noise_scale": 0.45,
+    },
+    # Fashion-MNIST (and MNIST: same shapes, the same presets; issue 16): the three case studies at CPU scale.
+    # Class names come from the data (train_joint.py names default "0".."9" anchors after the dataset's classes).
+    "fashion-mnist-joint": {
+        "image_encoder_config": dict(_REAL28_ENCODER),
+        "image_decoder_config": {**_REAL28_DECODER, "num_classes": 10},
+        "label_anchors_config": {"num_classes": 10, "latent_dim": 64},
+    },
+    "fashion-mnist-generation": {"image_encoder_config": dict(_REAL28_ENCODER), "image_decoder_config": dict(_REAL28_DECODER)},
+    "fashion-mnist-representation": {
+        "image_encoder_config": dict(_REAL28_ENCODER),
         "image_flow_solver": "euler",
         "prior_noise_scale": 0.45,
     },

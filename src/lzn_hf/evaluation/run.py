@@ -7,13 +7,15 @@ made (data, seed, global batch, the script and its flags) comes from ``run_confi
 the command line's data options win. Subsets of a split (``max_eval_samples``) are seeded and stratified
 (:func:`~lzn_hf.training.data.stack_dataset`). The metrics, per part found:
 
-* generation (an image decoder): Fréchet distance of samples to the training split in the hidden features of an
-  MLP classifier fitted on it (``fd_digits`` / ``fd_mlp``, with the real held-out floor and an equal-size subset),
-  the judge's agreement with the conditioning class and its class-histogram TV, the reconstruction error, and with
-  ``fid`` the Inception FID;
+* generation (an image decoder): Fréchet distance of samples to the training split in the hidden features of a
+  classifier fitted on it (8x8 digits: an MLP, ``fd_digits`` / ``fd_mlp``; 28x28 images: the CNN judge of
+  :mod:`~lzn_hf.evaluation.judge`, ``fd_cnn``; with the real held-out floor and an equal-size subset), the judge's
+  agreement with the conditioning class, its own held-out accuracy and its class-histogram TV, the reconstruction
+  error, and with ``fid`` the Inception FID;
 * classification: batch mode with zero / random prior noise, with and without class weights, and the anchor bank;
-* representation: a converged linear probe on standardised frozen ``pooler_output`` features, and with
-  ``baselines`` the same probe on raw pixels, a random-init and a cross-entropy-trained encoder of the same config.
+* representation: the pinned linear probe of :mod:`~lzn_hf.evaluation.probe` on standardised frozen features
+  (``pooler_output``, and the pooled pre-head feature maps of NCSN++ encoders), and with ``baselines`` the same
+  probe on raw pixels, a random-init and a cross-entropy-trained encoder of the same config.
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ import torch
 from ..model_cards import detect_kind
 from ..modeling_lzn import LZNForImageClassification, LZNImageEncoder, LZNModel
 from ..training.arguments import DataArguments
-from ..training.data import load_training_data, stack_dataset
+from ..training.data import load_training_data, stack_dataset, stratified_indices
 from ..training.export import read_run_config, write_json_atomically
 from ..training.reporting import dataset_id, save_image_grid
-from .baselines import fit_pixel_judge, train_cross_entropy_classifier
-from .metrics import (batch_mode_accuracy, fit_mlp_feature_extractor, frechet_distance, inception_features, linear_probe_accuracy,
-                      reconstruction_error, require_inception)
+from .baselines import train_cross_entropy_classifier
+from .judge import fit_cnn_judge, fit_image_judge, uses_cnn_judge
+from .metrics import batch_mode_accuracy, fit_mlp_feature_extractor, frechet_distance, inception_features, reconstruction_error, require_inception
+from .probe import probe_accuracies, protocol_record
 
 LZN_LATENT_MODES = ("auto", "label_zone", "normal", "zero")
 
@@ -72,6 +75,9 @@ class EvaluationGeneration:
     reconstruction_steps: int = _option(
         20, "Euler steps each way of the reconstruction (default 20). The error is mostly the Euler scheme's (it falls like "
             "1 / steps: a measure of the flow's curvature): compare models at equal steps.")
+    reconstruction_samples: int = _option(
+        1000, "held-out images reconstructed: all of them, or a seeded stratified subset of this many (default 1000; the "
+              "digits' 360 are all used; Fashion-MNIST's 10,000 would take 10x the time for a mean that moves little).")
     fid: bool = _option(False, "also the Inception FID (needs the optional extra: pip install \"lzn_hf[fid]\"); images are resized "
                                "to 299x299 (bilinear, antialiased), grey images repeated to 3 channels.")
 
@@ -121,7 +127,8 @@ class EvaluationArguments(EvaluationData, EvaluationGeneration, EvaluationRepres
             raise ValueError(f"--lzn_latent must be one of {LZN_LATENT_MODES}, got {self.lzn_latent!r}")
         if self.dataset_name is not None and self.train_data_dir is not None:
             raise ValueError("pass --dataset_name or --train_data_dir, not both")
-        for name in ("num_samples", "num_inference_steps", "reconstruction_steps", "noise_draws", "probe_epochs", "max_eval_samples"):
+        for name in ("num_samples", "num_inference_steps", "reconstruction_steps", "reconstruction_samples", "noise_draws", "probe_epochs",
+                     "max_eval_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1")
         for name in ("batch_size", "num_threads"):
@@ -284,9 +291,16 @@ def evaluate_generation(options, parts, run, data, batch_size, metrics, notes, o
 
     start = time.time()
     train_images, train_labels, test_images, test_labels = data["train_images"], data["train_labels"], data["test_images"], data["test_labels"]
-    key = "fd_digits" if data["dataset"] == "sklearn-digits" else "fd_mlp"
     if train_labels is not None:
-        extractor = fit_mlp_feature_extractor(train_images, train_labels, seed=0)  # a fixed feature space, whatever --seed
+        if uses_cnn_judge(train_images):  # 28x28 real images: one CNN is both the judge and the Fréchet feature space
+            judge = fit_cnn_judge(train_images, train_labels, seed=0)  # a fixed judge, whatever --seed
+            key, extractor, feature_accuracy = "fd_cnn", judge.features, judge.accuracy
+        else:  # the 8x8 digits: the MLP's hidden features and the pixel SVC
+            key = "fd_digits" if data["dataset"] == "sklearn-digits" else "fd_mlp"
+            mlp = fit_mlp_feature_extractor(train_images, train_labels, seed=0)
+            extractor, feature_accuracy = mlp, mlp.accuracy
+            judge = fit_image_judge(train_images, train_labels)
+        metrics["judge/kind"] = judge.kind
         reference = extractor(train_images)
         sample_features = extractor(samples)
         metrics[key] = frechet_distance(sample_features, reference)
@@ -295,13 +309,12 @@ def evaluate_generation(options, parts, run, data, batch_size, metrics, notes, o
             if len(samples) > len(test_images):  # the distance grows as the set shrinks: compare equal sizes
                 subset = torch.randperm(len(samples), generator=torch.Generator().manual_seed(options.seed))[: len(test_images)]
                 metrics[f"{key}/test_size_subset"] = frechet_distance(sample_features[subset.numpy()], reference)
-            metrics[f"{key}/feature_classifier_accuracy_real_test"] = extractor.accuracy(test_images, test_labels)
-        judge = fit_pixel_judge(train_images, train_labels)
-        judged = torch.from_numpy(judge.predict(((samples + 1) / 2).reshape(len(samples), -1).numpy()))
+            metrics[f"{key}/feature_classifier_accuracy_real_test"] = feature_accuracy(test_images, test_labels)
+        judged = judge.predict(samples)
         if sample_labels is not None:
             metrics["judge/agreement"] = (judged == sample_labels).float().mean().item()
         if test_images is not None:
-            metrics["judge/accuracy_real_test"] = float(judge.score(((test_images + 1) / 2).reshape(len(test_images), -1).numpy(), test_labels.numpy()))
+            metrics["judge/accuracy_real_test"] = judge.accuracy(test_images, test_labels)
         num_classes = int(train_labels.max()) + 1
         frequencies = torch.bincount(train_labels, minlength=num_classes).float() / len(train_labels)
         judged_frequencies = torch.bincount(judged, minlength=num_classes).float() / len(judged)
@@ -326,6 +339,10 @@ def evaluate_generation(options, parts, run, data, batch_size, metrics, notes, o
     if decoder.config.num_classes > 0 and test_labels is None:
         notes.append("label-conditional decoder but unlabelled held-out images: no reconstruction error")
         return
+    if len(test_images) > options.reconstruction_samples:  # a seeded stratified subset (the same for every model)
+        keep = stratified_indices(test_labels, options.reconstruction_samples, len(test_images))
+        test_images, test_labels = test_images[keep], None if test_labels is None else test_labels[keep]
+    metrics["reconstruction_samples"] = len(test_images)
     latents = None
     if mode == "zero":
         latents = torch.zeros(len(test_images), decoder.config.latent_dim)
@@ -371,39 +388,35 @@ def evaluate_classification(options, classifier, data, batch_size, metrics):
     metrics["time/classification_s"] = time.time() - start
 
 
-@torch.no_grad()
-def encoder_features(encoder, images: torch.Tensor) -> torch.Tensor:
-    encoder.eval()
-    device = next(encoder.parameters()).device
-    return torch.cat([encoder(chunk.to(device), return_dict=True).pooler_output.cpu() for chunk in images.split(256)])
+def probe_rows(name: str, encoder, data, options, metrics) -> None:
+    """``linear_probe/<name>`` (the ``pooler_output`` feature, or the raw pixels for ``encoder=None``) and, for NCSN++
+    encoders, ``linear_probe/<name>_backbone`` (the pre-head feature maps, pooled): :mod:`lzn_hf.evaluation.probe`."""
+    accuracies = probe_accuracies(encoder, data["train_images"], data["train_labels"], data["test_images"], data["test_labels"],
+                                  epochs=options.probe_epochs, lr=options.probe_lr, seed=options.seed)
+    for feature, accuracy in accuracies.items():
+        metrics[f"linear_probe/{name}" + ("_backbone" if feature == "backbone" else "")] = accuracy
 
 
-def probe(encoder, data, options) -> float:
-    """The linear probe on frozen features (`encoder=None`: the raw pixels), standardised with the training statistics."""
-    if encoder is None:
-        train, test = data["train_images"].flatten(1), data["test_images"].flatten(1)
-    else:
-        train, test = encoder_features(encoder, data["train_images"]), encoder_features(encoder, data["test_images"])
-    return linear_probe_accuracy(train, data["train_labels"], test, data["test_labels"], epochs=options.probe_epochs, lr=options.probe_lr,
-                                 seed=options.seed, standardize=True)
-
-
-def evaluate_representation(options, encoder, data, metrics):
+def evaluate_representation(options, encoder, data, metrics, row: str = "lzn"):
+    """The pinned probe (:mod:`lzn_hf.evaluation.probe`) of the trained encoder (``row``: ``lzn``, or ``simclr`` for
+    a ``--objective simclr`` run) and, with ``baselines``, of the pixels, a random-init and a cross-entropy encoder."""
     start = time.time()
-    metrics["linear_probe/lzn"] = probe(encoder, data, options)
+    probe_rows(row, encoder, data, options, metrics)
     metrics["probe_epochs"], metrics["probe_lr"] = options.probe_epochs, options.probe_lr
+    metrics["probe/protocol"] = protocol_record(len(data["train_images"]), len(data["test_images"]), options.probe_epochs, options.probe_lr,
+                                                options.seed)
     metrics["time/linear_probe_s"] = time.time() - start
     if not options.baselines:
         return
     start = time.time()
-    metrics["linear_probe/pixels"] = probe(None, data, options)
+    probe_rows("pixels", None, data, options, metrics)
     torch.manual_seed(options.seed)
-    metrics["linear_probe/random_init"] = probe(LZNImageEncoder(encoder.config), data, options)
+    probe_rows("random_init", LZNImageEncoder(encoder.config), data, options, metrics)
     num_classes = int(data["train_labels"].max()) + 1
     predict = train_cross_entropy_classifier(encoder.config, data["train_images"], data["train_labels"], num_classes,
                                              num_steps=options.supervised_steps, seed=options.seed)
     metrics["accuracy/cross_entropy_classifier"] = (predict(data["test_images"]).cpu() == data["test_labels"]).float().mean().item()
-    metrics["linear_probe/supervised"] = probe(predict.encoder, data, options)
+    probe_rows("supervised", predict.encoder, data, options, metrics)
     metrics["supervised_steps"] = options.supervised_steps
     metrics["time/baselines_s"] = time.time() - start
 
@@ -519,7 +532,7 @@ def evaluate(options: "EvaluationArguments") -> Dict[str, object]:
             notes.append("no labelled held-out split: no classification accuracy")
     if "encoder" in parts:
         if has_labels:
-            evaluate_representation(options, parts["encoder"], data, metrics)
+            evaluate_representation(options, parts["encoder"], data, metrics, row=run.script_flags.get("objective") or "lzn")
         else:
             notes.append("no labelled held-out split: no linear probe")
     if not any(k.startswith(("fd_", "judge/", "reconstruction", "accuracy/", "linear_probe/", "fid")) for k in metrics):

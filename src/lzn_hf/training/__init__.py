@@ -81,16 +81,18 @@ from .export import (
     write_run_config,
 )
 from .loop import RunningMeans, TrainingCounters, TrainingLoop, end_training, iterate_batches, make_accelerator, prepare_training, resume_position
-from .losses import assignment_loss, class_weights_from_labels, cutoff_step, label_alignment_loss, rectified_flow_loss
+from .losses import (assignment_loss, class_weights_from_labels, cutoff_step, label_alignment_loss, nt_xent_logits, nt_xent_loss,
+                     rectified_flow_loss)
 from .noise import RF_T_MIN, rank_rand, rank_randn, rectified_flow_inputs, step_generator
-from .optimization import ExponentialMovingAverage, ModuleEMA, adam_with_warmup, freeze_module, linear_warmup, module_param_groups, trainable_parameters
-from .recipes import TRAINING_RECIPES, load_lzn_config
+from .optimization import (LR_SCHEDULES, ExponentialMovingAverage, ModuleEMA, adam_with_warmup, freeze_module, learning_rate_schedule, linear_warmup,
+                           module_param_groups, trainable_parameters)
+from .recipes import FASHION_MNIST_HUB_ID, TRAINING_RECIPES, load_lzn_config
 from .reporting import TrainingHistory, dataset_id, save_image_grid, save_training_curves, tracker_config, training_markdown
 
 __all__ = [
     # arguments and recipes
     "ModelArguments", "DataArguments", "OptimizationArguments", "RunArguments", "TrainingArguments", "add_arguments", "flag", "dataclass_from_flags",
-    "parse_training_arguments", "resolve_recipe", "local_batch_size", "TRAINING_RECIPES", "load_lzn_config",
+    "parse_training_arguments", "resolve_recipe", "local_batch_size", "TRAINING_RECIPES", "FASHION_MNIST_HUB_ID", "load_lzn_config",
     # data
     "DIGITS_SPLIT_SEED", "DIGITS_TEST_FRACTION", "SUBSET_SEED", "load_digits", "TensorImageDataset", "load_image_dataset",
     "is_saved_dataset", "load_training_data", "check_images", "dataset_labels", "stratified_indices", "stack_dataset", "EpochShuffleSampler",
@@ -98,10 +100,11 @@ __all__ = [
     "step_generator", "rank_randn", "rank_rand", "RF_T_MIN", "rectified_flow_inputs", "random_flip", "simclr_augment",
     # losses
     "cutoff_step", "class_weights_from_labels", "label_alignment_loss", "assignment_loss", "rectified_flow_loss",
+    "nt_xent_logits", "nt_xent_loss",
     # collective decisions and guards
     "all_processes_finite", "global_class_weights", "float32_flows", "gather_float32_anchors", "nonfinite_loss",
     # optimisation
-    "module_param_groups", "linear_warmup", "adam_with_warmup", "ExponentialMovingAverage", "ModuleEMA", "freeze_module",
+    "module_param_groups", "linear_warmup", "LR_SCHEDULES", "learning_rate_schedule", "adam_with_warmup", "ExponentialMovingAverage", "ModuleEMA", "freeze_module",
     "trainable_parameters",
     # checkpoints
     "CHECKPOINT_PREFIX", "MODEL_SUBFOLDER", "EMA_SUBFOLDER", "register_checkpoint_hooks", "save_checkpoint",

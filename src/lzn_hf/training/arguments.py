@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from .optimization import LR_SCHEDULES
 from .recipes import TRAINING_RECIPES
 
 
@@ -64,7 +65,10 @@ class OptimizationArguments:
     learning_rate_encoder: Optional[float] = flag(None)
     learning_rate_decoder: Optional[float] = flag(None)
     learning_rate_label_anchors: Optional[float] = flag(None)
-    lr_warmup_steps: Optional[int] = flag(None, "linear warm-up from lr/N to lr over N updates.")
+    lr_warmup_steps: Optional[int] = flag(None, "linear warm-up over N updates (from lr/N with 'constant', from 0 with 'cosine').")
+    lr_scheduler: Optional[str] = flag(
+        None, "'constant' (after the warm-up; upstream's) or 'cosine' (diffusers' cosine decay to 0 at --max_train_steps); "
+              "default: the recipe's.", choices=list(LR_SCHEDULES))
     adam_beta1: float = flag(0.9)
     adam_beta2: float = flag(0.999)
     adam_epsilon: float = flag(1e-8)
@@ -79,9 +83,10 @@ class OptimizationArguments:
     seed: int = flag(0, "model init, data order and every noise draw.")
 
     def adam_options(self) -> Dict[str, Any]:
-        """``betas``, ``eps``, ``weight_decay``, ``fused`` of :func:`~lzn_hf.training.optimization.adam_with_warmup`."""
+        """``betas``, ``eps``, ``weight_decay``, ``fused``, ``schedule`` and ``total_steps`` of
+        :func:`~lzn_hf.training.optimization.adam_with_warmup`."""
         return {"betas": (self.adam_beta1, self.adam_beta2), "eps": self.adam_epsilon, "weight_decay": self.adam_weight_decay,
-                "fused": self.adam_fused}
+                "fused": self.adam_fused, "schedule": self.lr_scheduler or "constant", "total_steps": self.max_train_steps}
 
 
 @dataclass
@@ -124,6 +129,7 @@ _RECIPE_FLAGS = (
     "learning_rate_decoder",
     "learning_rate_label_anchors",
     "lr_warmup_steps",
+    "lr_scheduler",
     "ema_decay",
     "checkpointing_steps",
     "random_flip",
@@ -162,6 +168,9 @@ def resolve_recipe(arguments: TrainingArguments) -> TrainingArguments:
         raise ValueError(f"--ema_decay must be in [0, 1), got {resolved.ema_decay}")
     if resolved.lr_warmup_steps < 0:
         raise ValueError(f"--lr_warmup_steps must be >= 0, got {resolved.lr_warmup_steps}")
+    if resolved.lr_scheduler == "cosine" and resolved.lr_warmup_steps >= resolved.max_train_steps:
+        raise ValueError(f"--lr_scheduler cosine: --lr_warmup_steps ({resolved.lr_warmup_steps}) must be below --max_train_steps "
+                         f"({resolved.max_train_steps})")
     if os.path.lexists(resolved.output_dir) and not os.path.isdir(resolved.output_dir):
         raise ValueError(f"--output_dir {resolved.output_dir!r} exists and is not a folder")
     return resolved

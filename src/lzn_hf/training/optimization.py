@@ -1,7 +1,8 @@
 """Optimisation: per-module Adam groups, upstream's warm-up, per-module EMA, the decoder freeze.
 
 * :func:`module_param_groups` / :func:`adam_with_warmup`: one Adam group per part (fused kernel where the device
-  has it), ``LinearLR`` warm-up;
+  has it), ``LinearLR`` warm-up then a constant rate (upstream's), or diffusers' cosine decay to zero
+  (:func:`learning_rate_schedule`);
 * :class:`ExponentialMovingAverage` / :class:`ModuleEMA`: upstream's EMA (warm-up ``min(decay, (1 + n) / (10 + n))``),
   one per part of the model, so that a frozen part's average stops;
 * :func:`freeze_module`, :func:`trainable_parameters` (the gradient-clip set).
@@ -39,6 +40,33 @@ def linear_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.
     return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup_steps, end_factor=1.0, total_iters=warmup_steps)
 
 
+#: ``--lr_scheduler`` values: ``"constant"`` (upstream's: :func:`linear_warmup`, then constant) and ``"cosine"``
+#: (diffusers' ``get_cosine_schedule_with_warmup``: linear from 0 over the warm-up, then half a cosine to 0 at the last update).
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, schedule: str = "constant",
+                           total_steps: Optional[int] = None) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule of a run, stepped once per update.
+
+    Args:
+        schedule: ``"constant"``: :func:`linear_warmup` (lr / warmup_steps up to lr, then constant; upstream's);
+            ``"cosine"``: diffusers' cosine schedule (0 up to lr over ``warmup_steps``, then
+            ``lr * (1 + cos(pi * progress)) / 2`` down to 0 at ``total_steps``): a decaying step size for runs
+            that become unstable at a constant rate.
+        total_steps: the run's number of updates (``--max_train_steps``), needed by ``"cosine"``.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"`schedule` (--lr_scheduler) must be one of {LR_SCHEDULES}, got {schedule!r}")
+    if schedule == "constant":
+        return linear_warmup(optimizer, warmup_steps)
+    if total_steps is None or total_steps < 1 or warmup_steps >= total_steps:
+        raise ValueError(f"the cosine schedule needs total_steps (--max_train_steps) > the warm-up updates ({warmup_steps}), got {total_steps}")
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    return get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+
+
 def fused_adam_supported(parameters: Sequence[torch.Tensor]) -> bool:
     """Whether ``torch.optim.Adam(fused=True)`` takes these parameters: floating point, on a device with the fused
     kernel (CPU, CUDA, ... as this torch build lists them)."""
@@ -51,9 +79,11 @@ def fused_adam_supported(parameters: Sequence[torch.Tensor]) -> bool:
 
 
 def adam_with_warmup(modules: Mapping[str, Tuple[Optional[nn.Module], float]], warmup_steps: int, betas: Tuple[float, float] = (0.9, 0.999),
-                     eps: float = 1e-8, weight_decay: float = 0.0, fused: Optional[bool] = None):
-    """The optimizer and schedule of every script: Adam over :func:`module_param_groups` and :func:`linear_warmup`
-    over ``warmup_steps`` (``--lr_warmup_steps``; ``betas``, ``eps``, ``weight_decay``: ``--adam_*``).
+                     eps: float = 1e-8, weight_decay: float = 0.0, fused: Optional[bool] = None, schedule: str = "constant",
+                     total_steps: Optional[int] = None):
+    """The optimizer and schedule of every script: Adam over :func:`module_param_groups` and
+    :func:`learning_rate_schedule` with ``warmup_steps`` (``--lr_warmup_steps``; ``betas``, ``eps``,
+    ``weight_decay``: ``--adam_*``; ``schedule``, ``total_steps``: ``--lr_scheduler``, ``--max_train_steps``).
 
     Args:
         modules: ``{name: (module or None, learning rate)}``, one parameter group each.
@@ -69,7 +99,7 @@ def adam_with_warmup(modules: Mapping[str, Tuple[Optional[nn.Module], float]], w
         fused = fused_adam_supported([p for group in groups for p in group["params"]])
     kernel = {"fused": True} if fused else {"foreach": True}
     optimizer = torch.optim.Adam(groups, betas=betas, eps=eps, weight_decay=weight_decay, **kernel)
-    return optimizer, linear_warmup(optimizer, warmup_steps)
+    return optimizer, learning_rate_schedule(optimizer, warmup_steps, schedule, total_steps)
 
 
 class ExponentialMovingAverage:

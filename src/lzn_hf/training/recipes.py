@@ -11,6 +11,17 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 
+#: The recipes' default Fashion-MNIST source (online); offline, pass --dataset_name with the folder that
+#: scripts/prepare_fashion_mnist.py wrote (docs/datasets.md). MNIST: --dataset_name ylecun/mnist or its prepared folder.
+FASHION_MNIST_HUB_ID = "zalando-datasets/fashion_mnist"
+# Fashion-MNIST budgets (docs/training.md, "Fashion-MNIST and MNIST"): updates that fit about 30 minutes on 2 otherwise
+# idle CPU cores in bf16 with the end-of-training evaluation, from timed short runs (joint / generation about 1.6 s per
+# update at batch 128, representation 0.44-0.78 s at batch 256).
+FASHION_JOINT_BATCH, FASHION_JOINT_STEPS = 128, 1000
+FASHION_GENERATION_BATCH, FASHION_GENERATION_STEPS = 128, 1000
+FASHION_REPRESENTATION_STEPS = 2000
+
+
 def _recipe(**fields) -> Dict[str, Any]:
     base = {
         "dataset_name": None,  # None: pass --train_data_dir (an image folder) or --dataset_name
@@ -20,6 +31,7 @@ def _recipe(**fields) -> Dict[str, Any]:
         "learning_rate_decoder": 1e-4,
         "learning_rate_label_anchors": 1e-4,
         "lr_warmup_steps": 0,
+        "lr_scheduler": "constant",  # "constant" after the warm-up (upstream's) or "cosine" (decay to 0)
         "ema_decay": 0.9999,
         "decoder_freeze_step": None,
         "checkpointing_steps": 1000,
@@ -77,6 +89,22 @@ TRAINING_RECIPES: Dict[str, Dict[str, Any]] = {
     "digits-representation": _recipe(
         dataset_name="digits", global_batch_size=256, max_train_steps=1500, learning_rate_encoder=1e-3,
         lr_warmup_steps=100, ema_decay=0.9999, checkpointing_steps=500,
+    ),
+    # --- Fashion-MNIST / MNIST (28x28, issue 16): about 30 minutes per run on 2 CPU cores in bf16 (docs/training.md) ---
+    # Every run decays its learning rate (cosine to 0 after the warm-up): case study 2 at a constant 1e-3 diverged
+    # after ~700 updates on Fashion-MNIST (the issue's calibration run), with the gradient-norm clip at 1 active.
+    "fashion-mnist-joint": _recipe(
+        dataset_name=FASHION_MNIST_HUB_ID, global_batch_size=FASHION_JOINT_BATCH, max_train_steps=FASHION_JOINT_STEPS, learning_rate_encoder=5e-4,
+        learning_rate_decoder=1e-3, learning_rate_label_anchors=1e-2, lr_warmup_steps=100, lr_scheduler="cosine", ema_decay=0.9999,
+        decoder_freeze_step=FASHION_JOINT_STEPS * 2 // 3, checkpointing_steps=500,
+    ),
+    "fashion-mnist-generation": _recipe(
+        dataset_name=FASHION_MNIST_HUB_ID, global_batch_size=FASHION_GENERATION_BATCH, max_train_steps=FASHION_GENERATION_STEPS, learning_rate_encoder=5e-4,
+        learning_rate_decoder=1e-3, lr_warmup_steps=100, lr_scheduler="cosine", ema_decay=0.9999, checkpointing_steps=500,
+    ),
+    "fashion-mnist-representation": _recipe(
+        dataset_name=FASHION_MNIST_HUB_ID, global_batch_size=256, max_train_steps=FASHION_REPRESENTATION_STEPS, learning_rate_encoder=5e-4,
+        lr_warmup_steps=200, lr_scheduler="cosine", ema_decay=0.9999, checkpointing_steps=500,
     ),
     # --- tests ---
     "tiny-joint": _recipe(dataset_name="digits", global_batch_size=8, max_train_steps=3, learning_rate_encoder=1e-3,

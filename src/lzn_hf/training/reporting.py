@@ -42,6 +42,8 @@ def training_markdown(arguments: "TrainingArguments", global_batch_size: int, sc
         "learning rates (encoder / decoder / label anchors)":
             f"{arguments.learning_rate_encoder} / {arguments.learning_rate_decoder} / {arguments.learning_rate_label_anchors}",
         "warm-up updates": arguments.lr_warmup_steps,
+        "learning-rate schedule": arguments.lr_scheduler or "constant",
+        "gradient-norm clip": arguments.max_grad_norm,
         "EMA decay (warm-up: min(decay, (1 + n) / (10 + n)))": arguments.ema_decay,
         "seed": arguments.seed,
         **(extra or {}),

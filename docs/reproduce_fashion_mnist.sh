@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Fashion-MNIST (issue 16): the paper's three claims on real 28x28 images, 3 seeds each, plus one MNIST joint run.
+# Every training run is sized for about 30 minutes on 2 CPU cores in bf16 (docs/training.md, "Fashion-MNIST and
+# MNIST"): 31 runs, about 16 hours in all, then examples/evaluate.py on each run folder (a few minutes each).
+# The data first (offline, docs/datasets.md): scripts/prepare_fashion_mnist.py and scripts/prepare_mnist.py.
+# Usage: bash docs/reproduce_fashion_mnist.sh [RUNS_DIR] [FASHION_MNIST_DIR] [MNIST_DIR]
+#   defaults: lzn-fashion-results, /work/datasets/fashion-mnist, /work/datasets/mnist
+# A finished run (its metrics.json exists) is skipped, so the script can be re-run after an interruption.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-lzn-fashion-results}
+fashion=${2:-/work/datasets/fashion-mnist}
+mnist=${3:-/work/datasets/mnist}
+mkdir -p "$runs"
+
+train() {  # train SCRIPT RUN_NAME FLAGS...: one training run unless it already finished
+  local script=$1 name=$2
+  shift 2
+  if [ -f "$runs/$name/metrics.json" ]; then echo "skip $name (done)"; return; fi
+  # --skip_evaluation: examples/evaluate.py below measures everything the scripts' own evaluation would (on 10,000
+  # images that evaluation alone takes minutes); samples.png, the curves, metrics.json (timings) are still written
+  python "examples/$script" --mixed_precision bf16 --skip_evaluation --output_dir "$runs/$name" "$@"
+}
+
+for seed in 0 1 2; do
+  data=(--dataset_name "$fashion" --seed "$seed")
+  # claim 1: the same RF decoder and recipe with and without the LZN latent
+  train train_generation.py "gen-lzn-$seed" --config fashion-mnist-generation "${data[@]}"
+  train train_generation.py "gen-rf-$seed" --config fashion-mnist-generation --without_lzn_latent "${data[@]}"
+  # claim 3: the joint model, and a class-conditional RF without LZN (same decoder, same recipe)
+  train train_joint.py "joint-$seed" --config fashion-mnist-joint "${data[@]}"
+  train train_generation.py "cond-rf-$seed" --config fashion-mnist-joint --without_lzn_latent "${data[@]}"
+  # claim 2: LZN and the SimCLR baseline: same encoder, views (SimCLR's, flips on) and budget
+  train train_representation.py "rep-$seed" --config fashion-mnist-representation "${data[@]}"
+  train train_representation.py "simclr-$seed" --config fashion-mnist-representation --objective simclr "${data[@]}"
+done
+# a second dataset: MNIST, the same preset and recipe
+train train_joint.py mnist-joint-0 --config fashion-mnist-joint --dataset_name "$mnist" --seed 0
+
+# evaluation (evaluation seed = the run's seed; the pinned probe of lzn_hf.evaluation.probe: the fixed stratified
+# 10,000-image subset of the training split, the official 10,000 test images, standardised features)
+for seed in 0 1 2; do
+  for kind in gen-lzn gen-rf cond-rf; do python examples/evaluate.py "$runs/$kind-$seed"; done
+  for kind in joint rep; do python examples/evaluate.py "$runs/$kind-$seed" --baselines; done
+  python examples/evaluate.py "$runs/simclr-$seed"
+done
+python examples/evaluate.py "$runs/mnist-joint-0" --baselines
