@@ -222,3 +222,12 @@ def test_unconditional_decoder_rejects_labels():
 def test_get_image_latents_checks_anchors_against_the_config(tiny_joint, kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         tiny_joint.get_image_latents(**kwargs)
+
+
+def test_a_channel_plan_groupnorm_cannot_split_is_a_clear_error():
+    from lzn_hf import LZNImageDecoder, LZNImageDecoderConfig
+
+    config = LZNImageDecoderConfig(image_size=28, num_channels=1, latent_dim=8, nf=48, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[])
+    with pytest.raises(ValueError, match=r"144 channels, which GroupNorm cannot split into min\(144 // 4, 32\) = 32 groups"):
+        LZNImageDecoder(config)
+    LZNImageDecoder(LZNImageDecoderConfig(**{**config.to_dict(), "nf": 32}))  # 32, 64, 64 and their sums split evenly

@@ -138,7 +138,14 @@ def _linear(in_features: int, out_features: int, scale: float = 1.0) -> nn.Linea
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=min(channels // 4, 32), num_channels=channels, eps=1e-6)
+    groups = min(channels // 4, 32)
+    if groups < 1 or channels % groups:  # e.g. nf 48, ch_mult [1, 2, 2]: an up block reads 96 + 48 = 144 channels
+        raise ValueError(
+            f"this `nf` / `ch_mult` gives a layer of {channels} channels, which GroupNorm cannot split into "
+            f"min({channels} // 4, 32) = {groups} groups: choose `nf` so that every level's channels (and the sums of "
+            "adjacent levels' channels in the up path) are multiples of 4 below 128 and of 32 from 128 on"
+        )
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6)
 
 
 # --------------------------------------------------------------------------------------------------
