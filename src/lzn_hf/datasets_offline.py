@@ -32,6 +32,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import numpy as np
 
+from ._atomic import write_atomically
+
 PathLike = Union[str, os.PathLike]
 Split = Tuple[np.ndarray, np.ndarray]  # (images [N, H, W] uint8, labels [N] int64)
 
@@ -459,12 +461,7 @@ def report_prepared_dataset(dataset_dict, output_dir: PathLike, seconds: float, 
         if official is not None and summary["num_rows"] != official:
             lines.append(f"  warning: the official {split} split has {official:,} rows")
     if sample_grid_path is not None:
-        sample_grid_path = Path(sample_grid_path)
-        partial = sample_grid_path.with_name(f".{sample_grid_path.name}.partial-{uuid.uuid4().hex[:8]}")
-        try:
-            class_sample_grid(dataset_dict["train"]).save(partial, format="PNG")
-            os.replace(partial, sample_grid_path)
-        finally:
-            partial.unlink(missing_ok=True)
+        grid = class_sample_grid(dataset_dict["train"])
+        write_atomically(sample_grid_path, lambda temporary: grid.save(temporary, format="PNG"))
         lines.append(f"  sample grid: {sample_grid_path}")
     return "\n".join(lines)
