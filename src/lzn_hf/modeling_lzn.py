@@ -30,7 +30,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
 
 from ._atomic import write_text_atomically  # noqa: F401  (model_cards uses it; code-carrying folders copy the siblings an entry file imports directly)
-from ._checks import is_tracing
+from ._checks import check_finite, is_tracing
 from .configuration_lzn import (
     LZNConfig,
     LZNImageDecoderConfig,
@@ -143,8 +143,7 @@ def _check_float_tensor(name: str, tensor, shape: tuple) -> None:
         raise ValueError(f"`{name}` must have shape [{expected}], got {tuple(tensor.shape)}")
     if not tensor.is_floating_point():
         raise TypeError(f"`{name}` must be a floating-point tensor, got dtype {tensor.dtype}")
-    if not is_tracing() and not torch.isfinite(tensor).all():
-        raise ValueError(f"`{name}` contains NaN or Inf")
+    check_finite(name, tensor)
 
 
 def check_labels(labels, num_classes: int, name: str = "labels") -> torch.Tensor:

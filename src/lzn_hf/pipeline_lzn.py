@@ -31,6 +31,7 @@ from transformers import PreTrainedModel
 from transformers.dynamic_module_utils import get_relative_import_files
 
 from ._atomic import write_json_atomically, write_text_atomically
+from ._checks import check_finite
 from .model_cards import prepare_upload, write_model_card
 
 __all__ = ["LZNPipeline", "upstream_euler_sigmas", "UPSTREAM_T_START", "MAX_INFERENCE_STEPS"]
@@ -501,8 +502,7 @@ def _check_tensor(name: str, value, shape: tuple) -> None:
         raise ValueError(f"`{name}` must have shape {list(shape)}, got {list(value.shape)}")
     if not value.is_floating_point():
         raise TypeError(f"`{name}` must hold floats, got dtype {value.dtype}")
-    if not torch.isfinite(value).all():
-        raise ValueError(f"`{name}` contains NaN or Inf")
+    check_finite(name, value)
 
 
 # ----------------------------------------------------------------------------------------------------------
