@@ -43,7 +43,8 @@ folder holds and measures:
   (their `pooler_output` is the anchor, after the latent heads). With `--baselines`: the same probe on the raw
   pixels (`linear_probe/pixels`), on a randomly initialised encoder of the same config (seeded:
   `linear_probe/random_init`) and on an encoder of the same config trained with cross-entropy on the training
-  split (`--supervised_steps` Adam steps: `linear_probe/supervised`; its own test accuracy:
+  split, all of it whatever `--max_eval_samples` (`--supervised_max_samples` for a stratified subset; `--supervised_steps`
+  Adam steps: `linear_probe/supervised`; its own test accuracy:
   `accuracy/cross_entropy_classifier`).
 
 Encoders that were not trained (`--without_lzn_latent` runs) and label anchors that were not trained

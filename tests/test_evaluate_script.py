@@ -88,6 +88,8 @@ def test_joint_run_folder_subprocess(joint_run, tmp_path):
                           "accuracy/cross_entropy_classifier"],
                 high=1.0)
     assert metrics["anchor_bank_size"] == 64  # the classifier/ folder's own bank
+    # the probe sees the --max_eval_samples subset; the cross-entropy encoder the whole training split, as a run does
+    assert metrics["num_train_images"] == 60 and metrics["supervised_num_train_images"] == len(load_digits("train")[1])
     assert (output.parent / "eval_samples.png").is_file()
     assert "fd_digits" in result.stdout and "accuracy/anchor_bank" in result.stdout
 

@@ -92,6 +92,9 @@ class EvaluationRepresentation:
     probe_lr: float = _option(1e-3, "linear-probe learning rate (default 1e-3; the paper's 3e-4 needs more epochs).")
     baselines: bool = _option(False, "also probe the raw pixels, a random-init encoder and a cross-entropy-trained encoder of the same config.")
     supervised_steps: int = _option(500, "Adam steps (batch 128, lr 1e-3) of the cross-entropy baseline encoder (default 500).")
+    supervised_max_samples: Optional[int] = _option(None, "training images of the cross-entropy baseline: the whole training split "
+                                                          "(default: the data a training run saw, whatever --max_eval_samples) or a "
+                                                          "seeded stratified subset of this many.")
 
 
 @dataclass
@@ -413,11 +416,13 @@ def evaluate_representation(options, encoder, data, metrics, row: str = "lzn"):
     torch.manual_seed(options.seed)
     probe_rows("random_init", LZNImageEncoder(encoder.config), data, options, metrics)
     num_classes = int(data["train_labels"].max()) + 1
-    predict = train_cross_entropy_classifier(encoder.config, data["train_images"], data["train_labels"], num_classes,
+    # the cross-entropy encoder learns from the training split as a training run does, not from the probe's subset
+    supervised_images, supervised_labels = stack_dataset(data["train_split"], options.supervised_max_samples)
+    predict = train_cross_entropy_classifier(encoder.config, supervised_images, supervised_labels, num_classes,
                                              num_steps=options.supervised_steps, seed=options.seed)
     metrics["accuracy/cross_entropy_classifier"] = (predict(data["test_images"]).cpu() == data["test_labels"]).float().mean().item()
     probe_rows("supervised", predict.encoder, data, options, metrics)
-    metrics["supervised_steps"] = options.supervised_steps
+    metrics["supervised_steps"], metrics["supervised_num_train_images"] = options.supervised_steps, len(supervised_labels)
     metrics["time/baselines_s"] = time.time() - start
 
 
@@ -474,7 +479,7 @@ def load_data(options, run, parts, notes):
         class_names = [str(i) for i in range(int(train_labels.max()) + 1)]
     dataset = dataset_id(data.dataset_name, data.train_data_dir)
     return dict(train_images=train_images, train_labels=train_labels, test_images=test_images, test_labels=test_labels,
-                class_names=class_names, dataset=dataset)
+                class_names=class_names, dataset=dataset, train_split=train)
 
 
 def check_classes(path: Path, parts, data) -> None:
