@@ -42,3 +42,37 @@ def test_tables_and_plots(tmp_path):
 def test_no_runs_is_an_error(tmp_path):
     result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--images", str(tmp_path / "img")], capture_output=True, text=True)
     assert result.returncode != 0 and "eval_metrics.json" in result.stderr
+
+
+def test_fashion_mnist_tables_verdicts_and_copies(tmp_path):
+    """--dataset fashion-mnist: the CNN-judge FD, one row per seed of claim 1, SimCLR and backbone probe rows, a verdict
+    per claim computed from the figures, and --copy_to copying JSON and PNG files but never weights."""
+    runs = tmp_path / "runs"
+    for seed in range(2):
+        _run_folder(runs, f"gen-lzn-{seed}", {"fd_cnn": 1.0 + seed, "reconstruction_error": 0.30}, with_samples=True)
+        # seed 1: the baseline has the lower FD, so claim 1 cannot hold "in every seed"
+        _run_folder(runs, f"gen-rf-{seed}", {"fd_cnn": [1.5, 1.8][seed], "reconstruction_error": 0.40})
+        _run_folder(runs, f"joint-{seed}", {"accuracy/batch_zero_noise": 0.90, "accuracy/anchor_bank": 0.89,
+                                            "accuracy/cross_entropy_classifier": 0.905, "judge/agreement": 0.88, "fd_cnn": 2.0})
+        _run_folder(runs, f"rep-{seed}", {"linear_probe/lzn": 0.80, "linear_probe/lzn_backbone": 0.85, "linear_probe/random_init": 0.78,
+                                          "linear_probe/random_init_backbone": 0.80, "linear_probe/pixels": 0.79})
+        _run_folder(runs, f"simclr-{seed}", {"linear_probe/simclr": 0.83})
+    (runs / "joint-0" / "model").mkdir()
+    (runs / "joint-0" / "model" / "model.safetensors").write_bytes(b"weights")
+    result = subprocess.run([sys.executable, str(SCRIPT), str(runs), "--dataset", "fashion-mnist", "--images", str(tmp_path / "img"),
+                             "--copy_to", str(tmp_path / "copied")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "| 2 | 1.500 ± 0.707 |" in out  # gen-lzn FD over the seeds
+    assert "| 0 | 1.000 / 1.500 | 0.300 / 0.400 |" in out and "| 1 | 2.000 / 1.800 | 0.300 / 0.400 |" in out
+    assert "SimCLR encoder, same architecture, views and budget — anchor | 2 | 83.00 ± 0.00 %" in out
+    assert "pre-head backbone feature | 2 | 85.00 ± 0.00 %" in out
+    assert "FD lower in 1 of 2 seeds, reconstruction lower in 2 of 2: **does not hold**" in out
+    assert "90.00 % (anchor bank 89.00 %) vs 90.50 %, judge 88.0 %: **holds**" in out  # within 1 point, judge >= 85 %
+    assert "backbone 85.00 % vs 80.00 %" in out and "**holds** (2 seeds)" in out.split("Claim 2")[1]  # the backbone clears +3 points
+    for png in ("results_fashion_mnist.png", "results_fashion_mnist_samples.png"):
+        assert Image.open(tmp_path / "img" / png).size[0] > 100
+    copied = tmp_path / "copied"
+    assert sorted(p.name for p in copied.iterdir()) == sorted(f"{k}-{s}" for k in ("gen-lzn", "gen-rf", "joint", "rep", "simclr") for s in range(2))
+    assert sorted(p.name for p in (copied / "gen-lzn-0").iterdir()) == ["eval_metrics.json", "eval_samples.png", "metrics.json"]
+    assert not list(copied.rglob("*.safetensors"))
