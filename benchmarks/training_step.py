@@ -5,6 +5,7 @@ Run:  python benchmarks/training_step.py --threads 1                 (about 2 mi
       python benchmarks/training_step.py --threads 1 --quick         (the digits presets only)
       python benchmarks/training_step.py --threads 1 --compile       (adds torch.compile of the networks; slow to build)
       python benchmarks/training_step.py --threads 1 --optimizer     (the Adam and EMA steps alone)
+      python benchmarks/training_step.py --threads 1 --profile --quick   (where a step's time goes, per kind of kernel)
 
 A step is what the example scripts do per update: the case study's training module (imported from
 `examples/train_*.py`) forward under autocast as Accelerate applies it, backward, the Adam step (fused, as the
@@ -186,6 +187,39 @@ def optimizer_and_ema_times(preset, rounds=5):
     return times
 
 
+#: ``--profile``: kernel families of a step, by the exact name of the ATen operator that does the work (self time;
+#: a trailing ``*`` matches a prefix).
+KERNEL_FAMILIES = {
+    "conv forward": ("aten::mkldnn_convolution", "aten::_convolution", "aten::convolution", "aten::conv2d"),
+    "conv backward": ("aten::convolution_backward",),
+    "matmul": ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::matmul", "aten::_scaled_dot_product*"),
+    "group norm": ("aten::native_group_norm", "aten::native_group_norm_backward"),
+}
+
+
+def kernel_shares(preset, script_name, batch, mode, steps=3):
+    """``(seconds per step, {family: share of the step's self CPU time}, ATen calls per step)`` from torch.profiler
+    over ``steps`` steps after two warm-up steps (profiler overhead included: the shares are what counts)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step = build_step(preset, script_name, batch, mode)
+    step(), step()
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for _ in range(steps):
+            step()
+    seconds = (time.perf_counter() - start) / steps
+    events = [event for event in profiler.key_averages() if event.key.startswith("aten::")]
+    total = sum(event.self_cpu_time_total for event in profiler.key_averages())
+
+    def member(name, names):
+        return any(name == n or (n.endswith("*") and name.startswith(n[:-1])) for n in names)
+
+    shares = {family: sum(e.self_cpu_time_total for e in events if member(e.key, names)) / total for family, names in KERNEL_FAMILIES.items()}
+    shares["everything else"] = 1.0 - sum(shares.values())
+    return seconds, shares, sum(event.count for event in events) / steps
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: %(default)s)")
@@ -194,6 +228,7 @@ def main():
     parser.add_argument("--presets", nargs="+", help="only these presets")
     parser.add_argument("--compile", action="store_true", help="add bf16 + torch.compile of the encoder and decoder")
     parser.add_argument("--optimizer", action="store_true", help="only the Adam and EMA steps (digits-joint, cifar10-joint)")
+    parser.add_argument("--profile", action="store_true", help="only the share of each kernel family in a float32 and a bf16 step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cases = [case for case in CASES if (not args.quick or case[0].startswith("digits")) and (not args.presets or case[0] in args.presets)]
@@ -204,6 +239,15 @@ def main():
         for preset in ("digits-joint", "cifar10-joint"):
             times = optimizer_and_ema_times(preset)
             print(f"| {preset} | " + " | ".join(f"{t * 1e3:.1f} ms" for t in times.values()) + " |", flush=True)
+        return
+    if args.profile:
+        print("| preset (batch) | mode | step (profiled) | " + " | ".join([*KERNEL_FAMILIES, "everything else"]) + " | ATen calls per step (nested included) |")
+        print("|---|---|---|" + "---|" * (len(KERNEL_FAMILIES) + 2))
+        for preset, script_name, batch in cases:
+            for mode in MODES[:2]:
+                seconds, shares, calls = kernel_shares(preset, script_name, batch, mode)
+                print(f"| {preset} ({batch}) | {mode} | {seconds * 1e3:.0f} ms | " + " | ".join(f"{100 * s:.0f} %" for s in shares.values())
+                      + f" | {calls:.0f} |", flush=True)
         return
     print(f"torch {torch.__version__}, {args.threads} thread(s); timed rounds: {args.repeats}\n")
     print("| preset (batch) | mode | step (fastest) | speed-up vs float32 | activation memory | vs float32 | conv+matmul rate | "
