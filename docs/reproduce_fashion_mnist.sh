@@ -31,7 +31,8 @@ train() {  # train SCRIPT RUN_NAME FLAGS...: one training run, then its evaluati
   else
     # --skip_evaluation: examples/evaluate.py below measures everything the scripts' own evaluation would (on 10,000
     # images that evaluation alone takes minutes); samples.png, the curves, metrics.json (timings) are still written
-    python "examples/$script" --mixed_precision bf16 --skip_evaluation --output_dir "$runs/$name" "$@"
+    # --resume_from_checkpoint latest: a run cut short (a session that ended) goes on from its last checkpoint
+    python "examples/$script" --mixed_precision bf16 --skip_evaluation --resume_from_checkpoint latest --output_dir "$runs/$name" "$@"
   fi
   # evaluation seed = the run's seed; the pinned probe of lzn_hf.evaluation.probe: the fixed stratified 10,000-image
   # subset of the training split, the official 10,000 test images, standardised features

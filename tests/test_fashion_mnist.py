@@ -280,7 +280,7 @@ def test_reproduce_fashion_mnist_commands_parse(tmp_path):
     root = Path(__file__).resolve().parents[1]
     text = (root / "docs" / "reproduce_fashion_mnist.sh").read_text()
     commands = re.findall(r'^\s*train (train_\w+\.py) \S+ (.+)$', text, flags=re.MULTILINE)
-    fixed = ["--mixed_precision", "bf16", "--skip_evaluation"]  # what the script's train() adds to every command
+    fixed = ["--mixed_precision", "bf16", "--skip_evaluation", "--resume_from_checkpoint", "latest"]  # what the script's train() adds to every command
     assert 'python "examples/$script" ' + " ".join(fixed) + ' --output_dir' in text
     assert len(commands) == 7 and {script for script, _ in commands} == {"train_generation.py", "train_joint.py", "train_representation.py"}
     modules = {}
@@ -292,6 +292,6 @@ def test_reproduce_fashion_mnist_commands_parse(tmp_path):
         argv = shlex.split(flags.replace('"${data[@]}"', "--dataset_name DATA --seed 1").replace('"$mnist"', "MNIST").replace('"$seed"', "0"))
         parsed = modules[script].parse_args([*fixed, "--output_dir", str(tmp_path / "run"), *argv])
         assert parsed[0].config.startswith("fashion-mnist-") and parsed[0].mixed_precision == "bf16" and parsed[0].lr_scheduler == "cosine"
-        assert parsed[0].skip_evaluation is True
+        assert parsed[0].skip_evaluation is True and parsed[0].resume_from_checkpoint == "latest"
     with pytest.raises(ValueError, match="--temperature"):
         modules["train_representation.py"].parse_args(["--config", "fashion-mnist-representation", "--objective", "simclr", "--temperature", "0"])
