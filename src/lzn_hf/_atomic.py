@@ -92,7 +92,8 @@ def atomic_folder(path: Union[str, os.PathLike], overwrite: bool = False, create
       and only then the old one deleted: at every moment ``path`` is the old folder, the new one or (between the
       two renames) absent, never a mix;
     * on any exception in the block (``KeyboardInterrupt`` included) the temporary folder is removed, ``path`` is
-      left untouched and the exception propagates unchanged;
+      left untouched and the exception propagates unchanged; should the final rename fail, the old folder is put
+      back;
     * a killed process leaves at most hidden ``.{name}.partial-*`` / ``.{name}.old-*`` siblings, which the next
       ``atomic_folder(path)`` removes before it starts (so one writer per ``path`` at a time).
 
