@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 from transformers import AutoImageProcessor
 
 from lzn_hf import LZNForImageClassification
+from lzn_hf._atomic import atomic_folder
 from lzn_hf.latent_flow import anchor_velocity, latents_to_anchors, nearest_anchor
 from lzn_hf.pipeline_lzn import LZNPipeline
 
@@ -504,9 +504,12 @@ def export_space(out_dir, model: str, lzn_hf_dir, app_dir, gradio_version: str, 
     `app_logic.py`, a copy of the `lzn_hf` package and, for a local model folder, its `model/`, `pipeline/`,
     `classifier/` (the Space then runs offline; a Hub repo id is downloaded when the Space starts).
 
-    Written into a temporary sibling, then renamed into place; an existing non-empty `out_dir` is an error.
+    Written into a hidden temporary sibling, then renamed into place (`lzn_hf._atomic.atomic_folder`); an
+    existing non-empty `out_dir` is an error.
     """
     out_dir = Path(out_dir)
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise DemoInputError(f"--export_space {str(out_dir)!r} exists and is not a folder: choose a new folder")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise DemoInputError(f"--export_space {str(out_dir)!r} exists and is not empty: choose a new folder")
     local = Path(model).expanduser()
@@ -517,9 +520,7 @@ def export_space(out_dir, model: str, lzn_hf_dir, app_dir, gradio_version: str, 
         space_model = model
     else:
         resolve_model(model)  # raises the not-found message
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as staging:  # overwrite=False: replaces an empty out_dir, never a non-empty one
         app_dir = Path(app_dir)
         app_text = (app_dir / "app.py").read_text(encoding="utf-8")
         marker = f'DEFAULT_MODEL_ARG = "{DEFAULT_MODEL}"'
@@ -533,10 +534,4 @@ def export_space(out_dir, model: str, lzn_hf_dir, app_dir, gradio_version: str, 
                 shutil.copytree(local / name, staging / space_model / name)
         (staging / "requirements.txt").write_text(space_requirements(gradio_version), encoding="utf-8")
         (staging / "README.md").write_text(space_readme(title, model, gradio_version), encoding="utf-8")
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir

@@ -21,9 +21,7 @@ import copy
 import gzip
 import io
 import os
-import shutil
 import struct
-import uuid
 import warnings
 import zipfile
 import zlib
@@ -32,7 +30,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import numpy as np
 
-from ._atomic import write_atomically
+from ._atomic import atomic_folder, write_atomically
 
 PathLike = Union[str, os.PathLike]
 Split = Tuple[np.ndarray, np.ndarray]  # (images [N, H, W] uint8, labels [N] int64)
@@ -296,7 +294,8 @@ def build_image_dataset_dict(splits: Mapping[str, Split], class_names: Sequence[
 
 
 def save_dataset_dict(dataset_dict, output_dir: PathLike, overwrite: bool = False) -> Path:
-    """``dataset_dict.save_to_disk`` written atomically: into a temporary sibling folder, renamed when complete.
+    """``dataset_dict.save_to_disk`` written atomically (:func:`lzn_hf._atomic.atomic_folder`): into a hidden
+    temporary sibling folder, renamed when complete.
 
     An existing ``output_dir`` is replaced only with ``overwrite=True``, and only when it is a saved
     ``DatasetDict`` (it holds ``dataset_dict.json``) or empty, so that a wrong path never deletes other files.
@@ -308,21 +307,8 @@ def save_dataset_dict(dataset_dict, output_dir: PathLike, overwrite: bool = Fals
             raise FileExistsError(f"{output_dir} exists; pass overwrite=True (--overwrite) to replace it")
         if not output_dir.is_dir() or not ((output_dir / "dataset_dict.json").is_file() or not any(output_dir.iterdir())):
             raise ValueError(f"{output_dir} exists and is not a saved DatasetDict (no dataset_dict.json); refusing to replace it")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    partial = output_dir.with_name(f".{output_dir.name}.partial-{tag}")
-    try:
+    with atomic_folder(output_dir, overwrite=overwrite, create=False) as partial:  # save_to_disk makes the folder
         dataset_dict.save_to_disk(str(partial))
-        if output_dir.exists():
-            previous = output_dir.with_name(f".{output_dir.name}.previous-{tag}")
-            os.replace(output_dir, previous)
-            os.replace(partial, output_dir)
-            shutil.rmtree(previous)
-        else:
-            os.replace(partial, output_dir)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
     return output_dir
 
 

@@ -1,18 +1,18 @@
 """Writing a converted model as a ``save_pretrained`` folder: whole or absent, never half-written.
 
-The folder is written to a temporary sibling ``<name>.partial-*`` and renamed into place once complete, so a
-process killed while writing leaves the old folder (or none) under the name, never a mix. An existing folder is
-replaced only when asked to (``overwrite=True``) and only when it is a model folder itself.
+The folder is written to a hidden temporary sibling ``.<name>.partial-*`` and renamed into place once complete
+(:func:`lzn_hf._atomic.atomic_folder`), so a process killed while writing leaves the old folder (or none) under
+the name, never a mix. An existing folder is replaced only when asked to (``overwrite=True``) and only when it is
+a model folder itself.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Union
 
+from .._atomic import atomic_folder
 from ..image_processing_lzn import lzn_image_processor
 from ..modeling_lzn import LZNModel
 
@@ -46,17 +46,6 @@ def check_output_dir(output_dir: Union[str, os.PathLike], overwrite: bool = Fals
     return output_dir
 
 
-def _replace_folder(written: Path, output_dir: Path) -> None:
-    """Put the complete folder ``written`` at ``output_dir``: a rename, after moving an old folder aside."""
-    old = None
-    if output_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f"{output_dir.name}.old-", dir=output_dir.absolute().parent))
-        os.replace(output_dir, old / output_dir.name)
-    os.replace(written, output_dir)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def save_converted(model: LZNModel, output_dir: Union[str, os.PathLike], pipeline: bool = False, overwrite: bool = False):
     """Write a converted ``model`` to ``output_dir`` atomically and return what was written.
 
@@ -81,14 +70,9 @@ def save_converted(model: LZNModel, output_dir: Union[str, os.PathLike], pipelin
         written = LZNPipeline(image_decoder=model.image_decoder, label_anchors=model.label_anchors)
     else:
         written = model
-    partial = Path(tempfile.mkdtemp(prefix=f"{output_dir.name}.partial-", dir=output_dir.absolute().parent))
-    try:
+    with atomic_folder(output_dir, overwrite=overwrite) as partial:
         written.save_pretrained(partial)
         if not pipeline:
             encoder = model.config.image_encoder_config
             lzn_image_processor(encoder.image_size, encoder.num_channels).save_pretrained(partial)
-        _replace_folder(partial, output_dir)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return written

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
+from .._atomic import atomic_folder as _atomic_folder
 from .._atomic import write_json_atomically
 from .checkpoints import CHECKPOINT_PREFIX, no_space_error
 
@@ -48,44 +47,20 @@ def read_run_config(folder) -> Optional[Dict[str, Any]]:
     return record
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.remove(path)
-
-
 @contextmanager
 def atomic_folder(folder: Union[str, os.PathLike]) -> Iterator[Path]:
-    """Write a folder whole or not at all: yields a temporary sibling (``.{name}.partial-*``) to write into; when the
-    block ends without error it takes the place of ``folder`` (the old folder is moved aside, the new one renamed
-    in, the old one deleted), so ``folder`` is at every moment the old folder, the new one, or (between the two
-    renames) absent; never a mix. An error removes the temporary folder and keeps the old one (a full disk says
-    "no space left on device" and names ``folder``). Leftovers of a
-    killed write (``.{name}.partial-*``, ``.{name}.old-*``) are removed first. ``folder`` existing as a file is an
-    error naming it."""
-    folder = Path(folder)
-    if os.path.lexists(folder) and (not folder.is_dir() or folder.is_symlink()):
-        raise FileExistsError(f"{folder} exists and is not a folder: move it away, or pick another --output_dir")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in [*folder.parent.glob(f".{folder.name}.partial-*"), *folder.parent.glob(f".{folder.name}.old-*")]:
-        _remove(leftover)
-    temporary = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
+    """:func:`lzn_hf._atomic.atomic_folder` with ``overwrite=True`` (a new export replaces the old folder): yields
+    a hidden temporary sibling (``.{name}.partial-*``) that takes the place of ``folder`` when the block ends
+    without error; an error removes it and keeps the old folder, and a full disk says "no space left on device"
+    and names ``folder``. ``folder`` existing as a file is an error naming it."""
     try:
-        yield temporary
-        old = None
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{temporary.name.rsplit('-', 1)[-1]}")
-            os.replace(folder, old)
-        os.replace(temporary, folder)
-    except BaseException as error:
-        _remove(temporary)
-        full = no_space_error(error, folder) if isinstance(error, Exception) else None
+        with _atomic_folder(folder, overwrite=True) as temporary:
+            yield temporary
+    except Exception as error:
+        full = no_space_error(error, folder)
         if full is not None:
             raise full from error
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_model_folder(model, folder) -> Path:
