@@ -79,7 +79,9 @@ def stats(runs, kind, key, scale=1.0):
 
 def cell(runs, kind, key, scale=1.0, digits=3, unit=""):
     value = stats(runs, kind, key, scale)
-    return "–" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}{unit}"
+    if value is None:
+        return "–"
+    return f"{value[0]:.{digits}f}{unit}" if value[2] == 1 else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}{unit}"
 
 
 def paired(runs, kind_a, kind_b, key):
@@ -92,13 +94,18 @@ def paired(runs, kind_a, kind_b, key):
 def tables(runs, profile) -> str:
     kinds, fd = profile["kinds"], profile["fd"]
     floor = stats(runs, "gen-lzn", f"{fd}/real_test") or stats(runs, "joint", f"{fd}/real_test")
+    subset = any(f"{fd}/test_size_subset" in run for seeds in runs.values() for run in seeds)
+    subset_head, subset_rule = (" FD, held-out-size subset ↓ |", "---|") if subset else ("", "")
+
+    def subset_cell(kind):
+        return f" {cell(runs, kind, f'{fd}/test_size_subset')} |" if subset else ""
+
     lines = ["### Case study 1: the same RF decoder with and without the LZN latent (unconditional)", "",
-             f"| decoder | seeds | FD ({profile['fd_label']}), all samples ↓ | FD, held-out-size subset ↓ | reconstruction error ↓ | class-histogram TV ↓ |",
-             "|---|---|---|---|---|---|"]
+             f"| decoder | seeds | FD ({profile['fd_label']}), all samples ↓ |{subset_head} reconstruction error ↓ | class-histogram TV ↓ |",
+             f"|---|---|---|{subset_rule}---|---|"]
     for kind in ("gen-lzn", "gen-rf"):
-        lines.append(f"| {kinds[kind]} | {len(runs.get(kind, []))} | {cell(runs, kind, fd)} | "
-                     f"{cell(runs, kind, f'{fd}/test_size_subset')} | {cell(runs, kind, 'reconstruction_error')} | "
-                     f"{cell(runs, kind, 'judge/class_histogram_tv')} |")
+        lines.append(f"| {kinds[kind]} | {len(runs.get(kind, []))} | {cell(runs, kind, fd)} |{subset_cell(kind)} "
+                     f"{cell(runs, kind, 'reconstruction_error')} | {cell(runs, kind, 'judge/class_histogram_tv')} |")
     if floor:
         lines += ["", f"Real held-out images against the same reference: FD {floor[0]:.3f}."]
     pairs_fd, pairs_rec = paired(runs, "gen-lzn", "gen-rf", fd), paired(runs, "gen-lzn", "gen-rf", "reconstruction_error")
@@ -116,13 +123,12 @@ def tables(runs, profile) -> str:
             lines.append(f"| {kinds[kind]} | {len(runs.get(kind, []))} | {cell(runs, kind, 'accuracy/batch_zero_noise', **PERCENT)} | "
                          f"{cell(runs, kind, 'accuracy/batch_random_noise', **PERCENT)} | {cell(runs, kind, 'accuracy/anchor_bank', **PERCENT)} | "
                          f"{cell(runs, kind, 'accuracy/cross_entropy_classifier', **PERCENT)} |")
-    lines += ["", f"| generator | seeds | FD ({profile['fd_label']}), all samples ↓ | FD, held-out-size subset ↓ | judge agreement ↑ | reconstruction error ↓ |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", f"| generator | seeds | FD ({profile['fd_label']}), all samples ↓ |{subset_head} judge agreement ↑ | reconstruction error ↓ |",
+              f"|---|---|---|{subset_rule}---|---|"]
     for kind in ("joint", "cond-rf", "mnist-joint"):
         if kind in kinds and (kind != "mnist-joint" or kind in runs):
-            lines.append(f"| {kinds[kind]} | {len(runs.get(kind, []))} | {cell(runs, kind, fd)} | "
-                         f"{cell(runs, kind, f'{fd}/test_size_subset')} | {cell(runs, kind, 'judge/agreement', **PERCENT)} | "
-                         f"{cell(runs, kind, 'reconstruction_error')} |")
+            lines.append(f"| {kinds[kind]} | {len(runs.get(kind, []))} | {cell(runs, kind, fd)} |{subset_cell(kind)} "
+                         f"{cell(runs, kind, 'judge/agreement', **PERCENT)} | {cell(runs, kind, 'reconstruction_error')} |")
     lines += ["", "### Case study 2: linear probe on frozen features (held-out accuracy)", "",
               "| features | seeds | linear probe |", "|---|---|---|"]
     for label, kind, key in probe_rows(runs, profile):
