@@ -234,14 +234,15 @@ def test_evaluate_a_fashion_joint_run(fashion_like, tmp_path):
 
     folder = save_run(tmp_path / "joint", "fashion-mnist-joint", "train_joint.py", {"dataset_name": str(fashion_like)}, global_batch_size=16)
     with torch.no_grad():
-        metrics = evaluate(EvaluationArguments(path=folder, num_samples=10, max_eval_samples=60, num_inference_steps=1, reconstruction_steps=1,
+        metrics = evaluate(EvaluationArguments(path=folder, num_samples=10, max_eval_samples=40, num_inference_steps=1, reconstruction_steps=1,
                                                noise_draws=1, probe_epochs=2, reconstruction_samples=20))
     assert metrics["judge/kind"] == "cnn" and 0 <= metrics["judge/accuracy_real_test"] <= 1
     assert metrics["fd_cnn/feature_classifier_accuracy_real_test"] == metrics["judge/accuracy_real_test"]  # one network, both roles
     assert all(math.isfinite(metrics[key]) for key in ("fd_cnn", "fd_cnn/real_test", "judge/agreement", "reconstruction_error"))
     assert {"linear_probe/lzn", "linear_probe/lzn_backbone", "accuracy/anchor_bank"} <= set(metrics)
-    assert metrics["probe/protocol"]["train_images"] == 60 and metrics["probe/protocol"]["test_images"] == 30
-    assert metrics["num_train_images"] == 60 and metrics["num_test_images"] == 30 and metrics["reconstruction_samples"] == 20
+    assert metrics["probe/protocol"]["train_images"] == 40 and metrics["probe/protocol"]["test_images"] == 30
+    assert metrics["num_train_images"] == 40 and metrics["num_test_images"] == 30 and metrics["reconstruction_samples"] == 20
+    assert metrics["judge/num_train_images"] == 60  # the judge learns from the whole training split, not the subset
 
 
 # ---------------------------------------------------------------------------------------------------------
