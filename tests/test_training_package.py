@@ -363,6 +363,36 @@ def test_rectified_flow_loss_matches_upstreams_orientation():
 # ---------------------------------------------------------------------------------------------------------
 # checkpoints, Hub, outputs
 # ---------------------------------------------------------------------------------------------------------
+def test_a_deletion_killed_midway_never_leaves_a_half_deleted_checkpoint(tmp_path, monkeypatch):
+    """Pruning renames a checkpoint out of the checkpoint-N namespace before deleting its files: a kill mid-delete
+    (here an interrupt after the first file) leaves a hidden .checkpoint-N.deleted-* that resume never considers and
+    the next save clears, never a checkpoint-N folder missing files."""
+    import shutil
+    from pathlib import Path
+
+    from lzn_hf.training.checkpoints import _checkpoint_steps, remove_deleted_leftovers
+
+    for step in (1, 2):
+        (tmp_path / f"checkpoint-{step}" / "lzn").mkdir(parents=True)
+        for name in ("lzn/config.json", "lzn/model.safetensors", "optimizer.bin"):
+            (tmp_path / f"checkpoint-{step}" / name).write_text("x")
+    real_rmtree = shutil.rmtree
+
+    def killed_rmtree(path, *args, **kwargs):
+        next(p for p in Path(path).rglob("*") if p.is_file()).unlink()  # one file gone, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        tu.prune_checkpoints(tmp_path, 1)
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    assert [name for _, name in _checkpoint_steps(tmp_path)] == ["checkpoint-2"]  # the survivor, whole
+    assert sorted(p.name for p in (tmp_path / "checkpoint-2").rglob("*")) == ["config.json", "lzn", "model.safetensors", "optimizer.bin"]
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".checkpoint-1.deleted-")]
+    assert len(leftovers) == 1
+    assert remove_deleted_leftovers(tmp_path) == leftovers and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
+
+
 def test_prune_checkpoints_and_resume_latest(tmp_path):
     for step in (5, 10, 20, 100):
         (tmp_path / f"checkpoint-{step}").mkdir()

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -81,6 +82,31 @@ def _checkpoint_steps(output_dir) -> List[Tuple[int, str]]:
     return sorted(found)
 
 
+def delete_checkpoint(path) -> None:
+    """Delete a ``checkpoint-N`` folder (or file) out of sight: one atomic rename to a hidden
+    ``.checkpoint-N.deleted-*`` sibling, then the removal. A process killed mid-delete leaves that hidden name, which
+    ``--resume_from_checkpoint latest`` never considers (and the next save clears), never a half-deleted
+    ``checkpoint-N``."""
+    path = os.fspath(path)
+    hidden = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.deleted-{secrets.token_hex(4)}")
+    os.replace(path, hidden)
+    _remove_entry(hidden)
+
+
+def _remove_entry(path: str) -> None:
+    shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+
+
+def remove_deleted_leftovers(output_dir) -> List[str]:
+    """Finish the deletions a killed process left (hidden ``.checkpoint-N.deleted-*`` entries); returns their names."""
+    if not os.path.isdir(output_dir):
+        return []
+    leftovers = sorted(name for name in os.listdir(output_dir) if re.fullmatch(rf"\.{CHECKPOINT_PREFIX}\d+(\.partial)?\.deleted-[0-9a-f]+", name))
+    for name in leftovers:
+        _remove_entry(os.path.join(output_dir, name))
+    return leftovers
+
+
 def prune_checkpoints(output_dir, total_limit: Optional[int], keep: Optional[str] = None) -> List[str]:
     """Delete the oldest ``checkpoint-N`` folders so that at most ``total_limit`` remain, never ``keep`` (the one just
     saved, even when a higher-numbered ``checkpoint-N`` of an earlier run is there); returns the removed names."""
@@ -90,8 +116,7 @@ def prune_checkpoints(output_dir, total_limit: Optional[int], keep: Optional[str
     candidates = [name for _, name in checkpoints if name != keep]
     removed = candidates[: max(0, len(checkpoints) - total_limit)]
     for name in removed:
-        path = os.path.join(output_dir, name)
-        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+        delete_checkpoint(os.path.join(output_dir, name))
     return removed
 
 
@@ -122,15 +147,18 @@ def save_checkpoint(accelerator, output_dir, global_step: int, total_limit: Opti
 
     Everything is written to ``checkpoint-N.partial`` and renamed once complete, so a process killed during the
     save never leaves a ``checkpoint-N`` folder that ``--resume_from_checkpoint latest`` would pick; the oldest
-    checkpoints beyond ``total_limit`` are deleted only after the new one is in place. A full disk raises
+    checkpoints beyond ``total_limit`` are deleted only after the new one is in place, each renamed out of the
+    ``checkpoint-N`` namespace before its files go (:func:`delete_checkpoint`). A full disk raises
     ``OSError(ENOSPC)`` saying "no space left on device" and where (the partial folder is removed).
     """
     from .export import write_json_atomically
 
     path = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{global_step}")
     partial = f"{path}.partial"
-    if accelerator.is_main_process and os.path.lexists(partial):
-        shutil.rmtree(partial) if os.path.isdir(partial) and not os.path.islink(partial) else os.remove(partial)  # left by a killed run
+    if accelerator.is_main_process:  # what a killed run left: a partial save, unfinished deletions
+        if os.path.lexists(partial):
+            _remove_entry(partial)
+        remove_deleted_leftovers(output_dir)
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(partial)
@@ -146,8 +174,8 @@ def save_checkpoint(accelerator, output_dir, global_step: int, total_limit: Opti
         raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if os.path.lexists(path):
-            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+        if os.path.lexists(path):  # a checkpoint-N of an earlier run: out of sight first, so no kill leaves half of it
+            delete_checkpoint(path)
         os.replace(partial, path)
         removed = prune_checkpoints(output_dir, total_limit, keep=os.path.basename(path))
         if removed:
