@@ -230,7 +230,8 @@ def plots(runs, profile, images: Path) -> Path:
               ("pixels", "rep", "linear_probe/pixels")]
     bar_panel(axes[3], runs, probes, "Case 2: linear probe (anchor)", "accuracy (%)", scale=100.0)
     seeds = max(len(seeds) for seeds in runs.values())
-    figure.suptitle(f"LZN at CPU scale on {profile['title']} (mean ± std over up to {seeds} seed{'s' * (seeds != 1)})", fontsize=11)
+    spread = "one seed so far" if seeds == 1 else f"mean ± std over up to {seeds} seeds"
+    figure.suptitle(f"LZN at CPU scale on {profile['title']} ({spread})", fontsize=11)
     figure.tight_layout()
     images.mkdir(parents=True, exist_ok=True)
     path = images / f"{profile['prefix']}.png"
