@@ -16,6 +16,7 @@ claim's verdict against the targets of its issue, and writes `docs/images/<prefi
 
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -46,12 +47,17 @@ DATASETS = {
 PERCENT = dict(scale=100.0, digits=2, unit=" %")
 
 
+def run_folders(runs: Path, kind: str):
+    """The ``<kind>-<seed>`` folders under ``runs`` (the seed a whole number: ``simclr-0-extra`` is not one)."""
+    return [path for path in runs.glob(f"{kind}-[0-9]*") if re.fullmatch(rf"{re.escape(kind)}-\d+", path.name)]
+
+
 def load_runs(runs: Path, kinds):
     """{kind: [merged metrics of each seed]} (each with its `seed`); training metrics prefixed `train:`."""
     found = {}
     for kind in kinds:
         seeds = []
-        for folder in sorted(runs.glob(f"{kind}-[0-9]*"), key=lambda path: int(path.name.rsplit("-", 1)[1])):
+        for folder in sorted(run_folders(runs, kind), key=lambda path: int(path.name.rsplit("-", 1)[1])):
             if not (folder / "eval_metrics.json").is_file():
                 continue
             merged = json.loads((folder / "eval_metrics.json").read_text())
@@ -267,7 +273,7 @@ def copy_small_files(runs_dir: Path, kinds, destination: Path) -> int:
     """Each evaluated run's JSON and PNG files (not its weights) into destination/<run>/; returns the runs copied."""
     copied = 0
     for kind in kinds:
-        for folder in sorted(runs_dir.glob(f"{kind}-[0-9]*")):
+        for folder in sorted(run_folders(runs_dir, kind)):
             if not (folder / "eval_metrics.json").is_file():
                 continue
             target = destination / folder.name

@@ -27,6 +27,8 @@ def test_tables_and_plots(tmp_path):
         _run_folder(runs, f"gen-rf-{seed}", {"fd_digits": fd_rf, "reconstruction_error": 0.5})
         _run_folder(runs, f"rep-{seed}", {"linear_probe/lzn": 0.9 + 0.02 * seed, "linear_probe/random_init": 0.95})
     (runs / "gen-rf-7").mkdir()  # a run folder not evaluated yet is ignored
+    (runs / "rep-0-extra").mkdir()  # nor a folder whose name only starts like a run's
+    (runs / "rep-0-extra" / "eval_metrics.json").write_text(json.dumps({"linear_probe/lzn": 0.0}))
     images = tmp_path / "images"
     result = subprocess.run([sys.executable, str(SCRIPT), str(runs), "--images", str(images)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
