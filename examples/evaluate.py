@@ -16,7 +16,8 @@ folder holds and measures:
       training images themselves score about 0.36), so compare that one with the floor;
     - `fd_cnn` instead for images of 16 pixels a side or more (Fashion-MNIST, MNIST): the hidden features of the
       CNN judge (`lzn_hf.evaluation.fit_cnn_judge`: two conv stages and a 128-unit layer trained 5 epochs on the
-      whole real training split, whatever `--max_eval_samples`), with the same `/real_test`, `/test_size_subset` and held-out accuracy entries;
+      whole real training split, whatever `--max_eval_samples`; trained once per dataset and kept in
+      `--judge_cache_dir`), with the same `/real_test`, `/test_size_subset` and held-out accuracy entries;
     - `judge/agreement` (conditional decoders): the share of samples that an independent classifier of real
       images labels as their conditioning class (`judge/kind`: `pixel_svc`, an RBF SVC on the pixels of the 8x8
       digits, or `cnn`, the CNN judge above); `judge/accuracy_real_test`: that judge on the real held-out images;

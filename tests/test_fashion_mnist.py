@@ -193,6 +193,57 @@ def test_cnn_judge_learns_tiny_data_deterministically():
         fit_cnn_judge(torch.zeros(4, 1, 28, 20), torch.zeros(4, dtype=torch.long))
 
 
+def test_a_cached_judge_is_loaded_not_trained_again(tmp_path, monkeypatch):
+    train, train_labels = blob_images(10, seed=0)
+    train, train_labels = as_pixels(train), torch.from_numpy(train_labels)
+    test = as_pixels(blob_images(4, seed=1)[0])
+    trained = fit_cnn_judge(train, train_labels, epochs=2, batch_size=16, cache_dir=tmp_path)
+    [saved] = tmp_path.glob("*.safetensors")
+    assert not list(tmp_path.glob(".*"))  # written atomically: no temporary sibling left behind
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached judge was trained again")
+
+    monkeypatch.setattr(torch.optim, "Adam", no_training)
+    loaded = fit_cnn_judge(train, train_labels, epochs=2, batch_size=16, cache_dir=tmp_path)
+    np.testing.assert_array_equal(loaded.features(test), trained.features(test))
+    assert not loaded.training
+    for changed in ({"epochs": 3}, {"seed": 1}, {"lr": 2e-3}):  # another recipe is another judge
+        with pytest.raises(AssertionError, match="trained again"):
+            fit_cnn_judge(train, train_labels, **{"epochs": 2, "batch_size": 16, "cache_dir": tmp_path, **changed})
+    other_labels = train_labels.flip(0)  # other data too
+    with pytest.raises(AssertionError, match="trained again"):
+        fit_cnn_judge(train, other_labels, epochs=2, batch_size=16, cache_dir=tmp_path)
+    monkeypatch.undo()
+
+    saved.write_bytes(saved.read_bytes()[:100])  # a truncated file is trained again and replaced
+    again = fit_cnn_judge(train, train_labels, epochs=2, batch_size=16, cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.features(test), trained.features(test))
+    assert saved.stat().st_size > 1000 and len(list(tmp_path.glob("*.safetensors"))) == 1
+
+
+def test_the_evaluation_judge_cache_option(tmp_path, monkeypatch):
+    from lzn_hf.evaluation import default_judge_cache_dir
+    from lzn_hf.evaluation.run import judge_cache_dir
+
+    monkeypatch.setenv("LZN_HF_CACHE", str(tmp_path / "cache"))
+    assert default_judge_cache_dir() == tmp_path / "cache" / "judges" == judge_cache_dir(None) == judge_cache_dir("")
+    assert judge_cache_dir("none") is None and judge_cache_dir("None") is None
+    assert judge_cache_dir(str(tmp_path / "mine")) == tmp_path / "mine"
+    monkeypatch.delenv("LZN_HF_CACHE")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import importlib
+
+    import huggingface_hub.constants
+
+    importlib.reload(huggingface_hub.constants)
+    try:
+        assert default_judge_cache_dir() == tmp_path / "hf" / "lzn_hf" / "judges"
+    finally:
+        monkeypatch.undo()
+        importlib.reload(huggingface_hub.constants)
+
+
 def test_the_judge_is_chosen_by_image_size():
     images, labels = blob_images(8, size=8, seed=0)
     small = fit_image_judge(as_pixels(images), torch.from_numpy(labels))
@@ -235,7 +286,8 @@ def test_evaluate_a_fashion_joint_run(fashion_like, tmp_path):
     folder = save_run(tmp_path / "joint", "fashion-mnist-joint", "train_joint.py", {"dataset_name": str(fashion_like)}, global_batch_size=16)
     with torch.no_grad():
         metrics = evaluate(EvaluationArguments(path=folder, num_samples=10, max_eval_samples=40, num_inference_steps=1, reconstruction_steps=1,
-                                               noise_draws=1, probe_epochs=2, reconstruction_samples=20))
+                                               noise_draws=1, probe_epochs=2, reconstruction_samples=20,
+                                               judge_cache_dir=str(tmp_path / "judges")))
     assert metrics["judge/kind"] == "cnn" and 0 <= metrics["judge/accuracy_real_test"] <= 1
     assert metrics["fd_cnn/feature_classifier_accuracy_real_test"] == metrics["judge/accuracy_real_test"]  # one network, both roles
     assert all(math.isfinite(metrics[key]) for key in ("fd_cnn", "fd_cnn/real_test", "judge/agreement", "reconstruction_error"))
@@ -243,6 +295,7 @@ def test_evaluate_a_fashion_joint_run(fashion_like, tmp_path):
     assert metrics["probe/protocol"]["train_images"] == 40 and metrics["probe/protocol"]["test_images"] == 30
     assert metrics["num_train_images"] == 40 and metrics["num_test_images"] == 30 and metrics["reconstruction_samples"] == 20
     assert metrics["judge/num_train_images"] == 60  # the judge learns from the whole training split, not the subset
+    assert len(list((tmp_path / "judges").glob("*.safetensors"))) == 1  # kept for the next run on this dataset
 
 
 # ---------------------------------------------------------------------------------------------------------

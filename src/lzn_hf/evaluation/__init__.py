@@ -11,7 +11,7 @@
 """
 
 from .baselines import fit_pixel_judge, train_cross_entropy_classifier
-from .judge import CNN_JUDGE_MIN_SIZE, CNNJudge, PixelSVCJudge, fit_cnn_judge, fit_image_judge, uses_cnn_judge
+from .judge import CNN_JUDGE_MIN_SIZE, CNNJudge, PixelSVCJudge, default_judge_cache_dir, fit_cnn_judge, fit_image_judge, uses_cnn_judge
 from .metrics import (INCEPTION_SIZE, MLPFeatureExtractor, batch_mode_accuracy, classification_accuracy, feature_statistics,
                       fit_mlp_feature_extractor, frechet_distance, inception_features, linear_probe_accuracy, reconstruction_error,
                       require_inception)
@@ -35,6 +35,7 @@ __all__ = [
     "CNN_JUDGE_MIN_SIZE",
     "CNNJudge",
     "PixelSVCJudge",
+    "default_judge_cache_dir",
     "fit_cnn_judge",
     "fit_image_judge",
     "uses_cnn_judge",

@@ -8,10 +8,21 @@ smaller ones (the digits) keep the MLP features and the pixel SVC.
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Optional, Union
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+logger = logging.getLogger(__name__)
+
+#: Version of the judge's recipe in its cache key: bump it when :class:`CNNJudge` or :func:`fit_cnn_judge` changes.
+JUDGE_CACHE_VERSION = "cnn-judge-v1"
 
 #: Smallest image side judged by the CNN (two 2x poolings need at least 4 pixels; below 16 the digits' judges stay).
 CNN_JUDGE_MIN_SIZE = 16
@@ -58,12 +69,17 @@ class CNNJudge(nn.Module):
 
 
 def fit_cnn_judge(pixel_values: torch.Tensor, labels: torch.Tensor, epochs: int = 5, batch_size: int = 128, lr: float = 1e-3,
-                  hidden_units: int = 128, seed: int = 0) -> CNNJudge:
+                  hidden_units: int = 128, seed: int = 0, cache_dir: Optional[Union[str, os.PathLike]] = None) -> CNNJudge:
     """Train a :class:`CNNJudge` by cross-entropy on real images ``[N, C, H, W]`` in [-1, 1] (square) and their
     classes ``[N]``: Adam (``lr``), ``epochs`` seeded shuffles in batches of ``batch_size``, float32 on the CPU
     (deterministic for given data, seed and machine). On a stratified 10,000-image subset of Fashion-MNIST's
     training split, 5 epochs take about half a minute on 2 CPU cores (the whole 60,000, as ``evaluate`` trains it,
     six times that). Returns the judge in eval mode.
+
+    ``cache_dir``: a folder where the trained judge is kept (``<key>.safetensors``, written atomically), its key the
+    SHA-256 of the images, labels and every argument here: the same data and arguments load it instead of training
+    again (one judge serves every run evaluated on one dataset). A cached file that cannot be read is trained again
+    and replaced. Loading reads tensors only (safetensors).
     """
     if pixel_values.dim() != 4 or pixel_values.shape[-1] != pixel_values.shape[-2]:
         raise ValueError(f"`pixel_values` must be square images [N, C, H, H], got shape {tuple(pixel_values.shape)}")
@@ -71,9 +87,17 @@ def fit_cnn_judge(pixel_values: torch.Tensor, labels: torch.Tensor, epochs: int 
         raise ValueError("the CNN judge needs one class label per training image")
     if epochs < 1:
         raise ValueError(f"`epochs` must be >= 1, got {epochs}")
+    images, labels = pixel_values.detach().float().cpu().contiguous(), torch.as_tensor(labels).long().cpu().contiguous()
+    shape = {"image_size": images.shape[-1], "num_channels": images.shape[1], "num_classes": int(labels.max()) + 1, "hidden_units": hidden_units}
     torch.manual_seed(seed)
-    images, labels = pixel_values.detach().float().cpu(), torch.as_tensor(labels).long().cpu()
-    judge = CNNJudge(images.shape[-1], images.shape[1], int(labels.max()) + 1, hidden_units)
+    judge = CNNJudge(**shape)
+    cached = None
+    if cache_dir is not None:
+        cached = Path(cache_dir) / f"{judge_cache_key(images, labels, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, **shape)}.safetensors"
+        if _load_cached_judge(judge, cached):
+            return judge.eval()
+        torch.manual_seed(seed)  # a file that failed to load may have filled part of the judge: start again
+        judge = CNNJudge(**shape)
     optimizer = torch.optim.Adam(judge.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     judge.train()
@@ -84,7 +108,52 @@ def fit_cnn_judge(pixel_values: torch.Tensor, labels: torch.Tensor, epochs: int 
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-    return judge.eval()
+    judge.eval()
+    if cached is not None:
+        from safetensors.torch import save_file
+
+        from .._atomic import write_atomically
+
+        state = {name: tensor.detach().contiguous() for name, tensor in judge.state_dict().items()}
+        write_atomically(cached, lambda temporary: save_file(state, str(temporary), metadata={key: str(value) for key, value in shape.items()}))
+    return judge
+
+
+def judge_cache_key(images: torch.Tensor, labels: torch.Tensor, **arguments) -> str:
+    """SHA-256 (hex) of :data:`JUDGE_CACHE_VERSION`, the sorted ``arguments``, the images' shape and float32 bytes
+    ``[N, C, H, W]`` and the labels' int64 bytes ``[N]``."""
+    digest = hashlib.sha256(JUDGE_CACHE_VERSION.encode())
+    digest.update(repr(sorted(arguments.items())).encode())
+    digest.update(repr(tuple(images.shape)).encode())
+    digest.update(images.float().contiguous().numpy().tobytes())
+    digest.update(labels.long().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _load_cached_judge(judge: CNNJudge, path: Path) -> bool:
+    """Fill ``judge`` with the weights saved at ``path``: True when done; False when absent or unreadable (warned)."""
+    if not path.is_file():
+        return False
+    from safetensors.torch import load_file
+
+    try:
+        judge.load_state_dict(load_file(str(path)), strict=True)
+    except Exception as error:  # a truncated or foreign file: train again, and replace it
+        logger.warning("the cached judge %s cannot be read (%s): training it again", path, error)
+        return False
+    logger.info("CNN judge loaded from the cache: %s", path)
+    return True
+
+
+def default_judge_cache_dir() -> Path:
+    """Where ``evaluate`` keeps its judges: ``$LZN_HF_CACHE/judges``, else ``<HF_HOME>/lzn_hf/judges`` (the Hugging
+    Face cache, ``~/.cache/huggingface`` unless ``HF_HOME`` says otherwise)."""
+    root = os.environ.get("LZN_HF_CACHE")
+    if not root:
+        from huggingface_hub import constants
+
+        root = os.path.join(constants.HF_HOME, "lzn_hf")
+    return Path(root) / "judges"
 
 
 def uses_cnn_judge(images: torch.Tensor) -> bool:

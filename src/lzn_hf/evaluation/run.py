@@ -35,7 +35,7 @@ from ..training.data import load_training_data, stack_dataset, stratified_indice
 from ..training.export import read_run_config, write_json_atomically
 from ..training.reporting import dataset_id, save_image_grid
 from .baselines import train_cross_entropy_classifier
-from .judge import fit_cnn_judge, fit_image_judge, uses_cnn_judge
+from .judge import default_judge_cache_dir, fit_cnn_judge, fit_image_judge, uses_cnn_judge
 from .metrics import batch_mode_accuracy, fit_mlp_feature_extractor, frechet_distance, inception_features, reconstruction_error, require_inception
 from .probe import probe_accuracies, protocol_record
 
@@ -78,6 +78,10 @@ class EvaluationGeneration:
     reconstruction_samples: int = _option(
         1000, "held-out images reconstructed: all of them, or a seeded stratified subset of this many (default 1000; the "
               "digits' 360 are all used; Fashion-MNIST's 10,000 would take 10x the time for a mean that moves little).")
+    judge_cache_dir: Optional[str] = _option(
+        None, "where the CNN judge of 28x28 images is kept once trained, keyed by the SHA-256 of its training images and recipe, "
+              "so that every run evaluated on one dataset loads the same judge instead of training it again (about 5 CPU "
+              "minutes on Fashion-MNIST). Default: $LZN_HF_CACHE/judges, else <HF_HOME>/lzn_hf/judges; 'none': train it every time.")
     fid: bool = _option(False, "also the Inception FID (needs the optional extra: pip install \"lzn_hf[fid]\"); images are resized "
                                "to 299x299 (bilinear, antialiased), grey images repeated to 3 channels.")
 
@@ -299,7 +303,8 @@ def evaluate_generation(options, parts, run, data, batch_size, metrics, notes, o
             # a fixed judge, whatever --seed, trained on the whole training split (on a 10,000-image subset it reached
             # only ~85 % on Fashion-MNIST's test images, which would cap the agreement it can report)
             judge_images, judge_labels = whole_training_split(data)
-            judge = fit_cnn_judge(judge_images, judge_labels, seed=0)
+            cache_dir = judge_cache_dir(options.judge_cache_dir)
+            judge = fit_cnn_judge(judge_images, judge_labels, seed=0, cache_dir=cache_dir)
             metrics["judge/num_train_images"] = len(judge_labels)
             key, extractor, feature_accuracy = "fd_cnn", judge.features, judge.accuracy
         else:  # the 8x8 digits: the MLP's hidden features and the pixel SVC
@@ -466,6 +471,13 @@ def load_parts(folders: Dict[str, Path], run, notes: List[str], device) -> Dict[
     elif model is not None or "classifier" in parts:
         parts["encoder"] = (model or parts["classifier"]).image_encoder
     return parts
+
+
+def judge_cache_dir(option: Optional[str]) -> Optional[Path]:
+    """``--judge_cache_dir``: None / '' -> the default cache folder, 'none' -> no cache, else that folder."""
+    if not option:
+        return default_judge_cache_dir()
+    return None if option.strip().lower() == "none" else Path(option).expanduser()
 
 
 def whole_training_split(data) -> tuple:
