@@ -157,3 +157,38 @@ def test_a_path_without_a_folder_name_is_a_value_error(path):
     with pytest.raises(ValueError, match="path must name a folder"):
         with atomic_folder(path):
             pytest.fail("the block must not run")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# permissions: what is written atomically is as readable as what a plain open() / mkdir() would write
+# ---------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def umask():
+    """Set the process umask for one test, and put the old one back."""
+    previous = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(previous)
+
+
+@pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_a_new_file_gets_the_mode_of_a_plain_open(tmp_path, umask, mask, expected):
+    from lzn_hf._atomic import _current_umask, write_json_atomically, write_text_atomically
+
+    umask(mask)
+    assert _current_umask() == mask and os.umask(mask) == mask  # read without being changed
+    for path in (write_text_atomically(tmp_path / "README.md", "card\n"), write_json_atomically(tmp_path / "metrics.json", {"a": 1})):
+        assert os.stat(path).st_mode & 0o7777 == expected, oct(os.stat(path).st_mode)
+    with atomic_folder(tmp_path / "model") as temporary:
+        (temporary / "config.json").write_text("{}")
+    assert os.stat(tmp_path / "model").st_mode & 0o777 == 0o777 & ~mask
+
+
+def test_a_rewritten_file_keeps_its_mode(tmp_path, umask):
+    from lzn_hf._atomic import write_text_atomically
+
+    umask(0o022)
+    path = tmp_path / "metrics.json"
+    path.write_text("old")
+    path.chmod(0o640)
+    write_text_atomically(path, "new")
+    assert path.read_text() == "new" and os.stat(path).st_mode & 0o7777 == 0o640

@@ -4,6 +4,7 @@ half of one.
 Each writer fills a hidden temporary sibling (a unique name in the same folder, so the final rename stays on one
 filesystem) and renames it over the target; on any failure the target is left as it was and the temporary sibling
 is removed (a kill may leave a ``.NAME.*.partial`` file or a ``.NAME.partial-*`` folder, never a broken ``NAME``).
+What lands has the permissions a plain ``open`` / ``mkdir`` would give it (the umask's), not the temporary's.
 Files: :func:`write_atomically` (and its text / JSON forms); folders: :func:`atomic_folder`, the one folder writer
 of lzn_hf (exported model folders, converted checkpoints, saved datasets, the demo's Space).
 
@@ -26,14 +27,38 @@ from typing import Any, Callable, Iterator, Union
 __all__ = ["write_atomically", "write_text_atomically", "write_json_atomically", "atomic_folder"]
 
 
+def _current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (``/proc/self/status``), else by the
+    set-and-restore idiom."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomically(path: Union[str, os.PathLike], write: Callable[[Path], Any]) -> Path:
-    """``write(temporary_path)`` writes the whole file; it is then renamed over ``path``. Returns ``path``."""
+    """``write(temporary_path)`` writes the whole file; it is then renamed over ``path``. Returns ``path``.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give it: an existing ``path`` keeps its mode, a
+    new one gets ``0o666`` less the umask (the temporary file itself is private, ``0o600``, while it is written).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     os.close(handle)
     try:
         write(Path(temporary))
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except FileNotFoundError:
+            mode = 0o666 & ~_current_umask()
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
