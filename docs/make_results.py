@@ -186,11 +186,11 @@ def verdicts(runs, profile) -> str:
         # Each LZN feature against the best feature of the same encoder at random initialisation (a random network's
         # backbone may be far worse than its anchor) and against raw pixels: the target is +3 points over both.
         random_backbone = stats(runs, "rep", "linear_probe/random_init_backbone", 100)
-        best_random = max(random_init[0], random_backbone[0] if random_backbone else random_init[0])
+        best_random = max(random_init[0], random_backbone[0]) if random_backbone else random_init[0]
         simclr = {"anchor": stats(runs, "simclr", "linear_probe/simclr", 100),
                   "pre-head backbone feature": stats(runs, "simclr", "linear_probe/simclr_backbone", 100)}
         features = [("anchor", lzn), ("pre-head backbone feature", stats(runs, "rep", "linear_probe/lzn_backbone", 100))]
-        parts, passing = [], []
+        parts, passing, failing = [], [], []
         for name, value in features:
             if value is None:
                 continue
@@ -199,9 +199,7 @@ def verdicts(runs, profile) -> str:
             if simclr[name]:
                 text += f", {value[0] - simclr[name][0]:+.1f} vs SimCLR's"
             parts.append(text + ")")
-            if over_random >= 3.0 and over_pixels >= 3.0:
-                passing.append(name)
-        failing = [name for name, value in features if value is not None and name not in passing]
+            (passing if over_random >= 3.0 and over_pixels >= 3.0 else failing).append(name)
         if not passing:
             verdict = "**does not hold**"
         elif not failing:
