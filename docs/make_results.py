@@ -174,13 +174,19 @@ def verdicts(runs, profile) -> str:
         lines.append(f"- Claim 1 (FD and reconstruction lower with the LZN latent in every seed): FD lower in {fd_wins} of "
                      f"{len(pairs_fd)} seeds, reconstruction lower in {rec_wins} of {len(pairs_rec)}: "
                      f"**{'holds' if holds else 'does not hold'}** ({len(pairs_fd)} seed{'s' * (len(pairs_fd) != 1)}).")
-    joint, ce = stats(runs, "joint", "accuracy/batch_zero_noise", 100), stats(runs, "joint", "accuracy/cross_entropy_classifier", 100)
-    judge, bank = stats(runs, "joint", "judge/agreement", 100), stats(runs, "joint", "accuracy/anchor_bank", 100)
-    if joint and ce and judge:
-        holds = joint[0] >= ce[0] - 1.0 and judge[0] >= 85.0
-        lines.append(f"- Claim 3 (accuracy within 1 point of a cross-entropy classifier, samples judged as their class ≥ 85 %): "
+    for kind, claim in (("joint", "Claim 3"), ("mnist-joint", "Claim 3 on MNIST")):
+        joint, ce = stats(runs, kind, "accuracy/batch_zero_noise", 100), stats(runs, kind, "accuracy/cross_entropy_classifier", 100)
+        judge, bank = stats(runs, kind, "judge/agreement", 100), stats(runs, kind, "accuracy/anchor_bank", 100)
+        if not (joint and ce and judge):
+            continue
+        # two targets: accuracy within 1 point of cross-entropy, and samples judged as their class >= 85 %
+        missed = [name for name, met in (("accuracy", joint[0] >= ce[0] - 1.0), ("judge", judge[0] >= 85.0)) if not met]
+        verdict = "**holds**" if not missed else "**does not hold**"
+        if len(missed) == 1:
+            verdict += f" (the {missed[0]} target is missed, the {'judge' if missed[0] == 'accuracy' else 'accuracy'} target met)"
+        lines.append(f"- {claim} (accuracy within 1 point of a cross-entropy classifier, samples judged as their class ≥ 85 %): "
                      f"{joint[0]:.2f} % (anchor bank {bank[0]:.2f} %) vs {ce[0]:.2f} %, judge {judge[0]:.1f} %: "
-                     f"**{'holds' if holds else 'does not hold'}** ({joint[2]} seed{'s' * (joint[2] != 1)}).")
+                     f"{verdict} ({joint[2]} seed{'s' * (joint[2] != 1)}).")
     lzn, random_init, pixels = (stats(runs, "rep", key, 100) for key in ("linear_probe/lzn", "linear_probe/random_init", "linear_probe/pixels"))
     if lzn and random_init and pixels:
         # Each LZN feature against the best feature of the same encoder at random initialisation (a random network's
